@@ -1,0 +1,53 @@
+"""Checkpoints: a state dict plus the config and class names that made it, loadable with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .errors import UserError
+from .io import atomic_path
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, *, kind: str, config: dict[str, Any], class_names: list[str],
+                    model: torch.nn.Module, metrics: dict[str, Any]) -> None:
+    payload = {
+        "kind": kind,
+        "version": CHECKPOINT_VERSION,
+        "wsss_version": __version__,
+        "config": config,
+        "class_names": class_names,
+        "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+    """Load a checkpoint of `kind` ("cam" or "segmenter"); weights_only, so a file can never run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"cannot read checkpoint {path}: {error}") from None
+    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path} is not a wsss checkpoint of version {CHECKPOINT_VERSION}")
+    if payload.get("kind") != kind:
+        raise UserError(f"{path} is a {payload.get('kind')} checkpoint, expected a {kind} checkpoint")
+    return payload
+
+
+def load_state(model: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"checkpoint {path} does not fit this model: {first}") from None

@@ -1,0 +1,1 @@
+"""Datasets: the index every stage reads, the synthetic benchmark, and readers for VOC and plain folders."""

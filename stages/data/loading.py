@@ -1,0 +1,138 @@
+"""Torch datasets over a split: images, multi-hot labels and masks, with augmentation applied to both alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..core.io import IGNORE_INDEX, load_image, load_mask
+from .index import Sample, check_sample_id
+
+# ImageNet statistics: what torchvision's pretrained backbones expect, and harmless from scratch.
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+
+
+def normalize(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB → (3, H, W) float32, ImageNet-normalised."""
+    return torch.from_numpy(((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy())
+
+
+def multi_hot(labels: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    """Foreground labels 1..C → a (C,) 0/1 vector (background has no entry)."""
+    target = torch.zeros(num_classes)
+    for label in labels:
+        target[label - 1] = 1.0
+    return target
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random rescale (of the long side), horizontal flip and crop, as IRN/SEAM do for CAM training.
+
+    `base_size` is the long side the scale range is relative to; crops smaller than the image are padded
+    (image with the mean colour, mask with the ignore index).
+    """
+
+    base_size: int
+    crop_size: int
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    flip: bool = True
+
+    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None):
+        height, width = image.shape[:2]
+        long_side = self.base_size * rng.uniform(*self.scale_range)
+        scale = long_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        if mask is not None:
+            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        if self.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+            mask = mask[:, ::-1] if mask is not None else None
+        return random_crop(rng, image, mask, self.crop_size)
+
+
+def random_crop(rng, image, mask, crop):
+    height, width = image.shape[:2]
+    out_image = np.empty((crop, crop, 3), dtype=np.uint8)
+    out_image[:] = MEAN.astype(np.uint8)
+    out_mask = np.full((crop, crop), IGNORE_INDEX, dtype=np.uint8) if mask is not None else None
+    # Offsets place a window of the image in the crop (when the image is smaller) or vice versa.
+    y_image = rng.integers(0, max(height - crop, 0) + 1)
+    x_image = rng.integers(0, max(width - crop, 0) + 1)
+    y_crop = rng.integers(0, max(crop - height, 0) + 1)
+    x_crop = rng.integers(0, max(crop - width, 0) + 1)
+    h, w = min(crop, height), min(crop, width)
+    out_image[y_crop:y_crop + h, x_crop:x_crop + w] = image[y_image:y_image + h, x_image:x_image + w]
+    if mask is not None:
+        out_mask[y_crop:y_crop + h, x_crop:x_crop + w] = mask[y_image:y_image + h, x_image:x_image + w]
+    return out_image, out_mask
+
+
+class SplitDataset(Dataset):
+    """Items: dict(image (3,H,W), labels (C,), mask (H,W) long or absent, index). Augmented if `augment`.
+
+    Randomness comes from (seed, epoch, index), so a run is reproducible whatever the number of workers.
+    """
+
+    def __init__(self, samples: list[Sample], num_classes: int, augment: Augment | None = None,
+                 with_masks: bool = False, mask_dir: str | None = None, seed: int = 0):
+        self.samples = samples
+        self.num_classes = num_classes
+        self.augment = augment
+        self.with_masks = with_masks
+        self.mask_dir = mask_dir  # pseudo masks: <mask_dir>/<id>.png replace the ground truth
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def mask_path(self, sample: Sample) -> str:
+        return f"{self.mask_dir}/{sample.id}.png" if self.mask_dir else sample.mask
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image = load_image(sample.image)
+        mask = load_mask(self.mask_path(sample)) if self.with_masks else None
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, mask = self.augment(rng, image, mask)
+        item = {"image": normalize(image), "labels": multi_hot(sample.labels, self.num_classes), "index": index}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(mask.astype(np.int64))
+        return item
+
+
+class _Images(Dataset):
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        check_sample_id(self.samples[index].id)
+        return normalize(load_image(self.samples[index].image))
+
+
+def same_size_batches(samples: list[Sample], batch_size: int, workers: int):
+    """Yield (samples, (N, 3, H, W) images) for inference, grouping consecutive images of one size.
+
+    Synthetic images all share a size, so they batch fully; VOC images mostly differ and go one by one.
+    """
+    loader = DataLoader(_Images(samples), batch_size=None, num_workers=workers)
+    pending_samples, pending_images = [], []
+    for sample, image in zip(samples, loader):
+        if pending_images and (image.shape != pending_images[0].shape or len(pending_images) == batch_size):
+            yield pending_samples, torch.stack(pending_images)
+            pending_samples, pending_images = [], []
+        pending_samples.append(sample)
+        pending_images.append(image)
+    if pending_images:
+        yield pending_samples, torch.stack(pending_images)

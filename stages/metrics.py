@@ -1,0 +1,175 @@
+"""Segmentation metrics: a confusion matrix and the background-threshold sweep used to score CAMs.
+
+Conventions (those of the IRN / SEAM evaluation scripts):
+  - ground-truth pixels labelled 255 are ignored;
+  - a predicted value outside 0..num_classes-1 (e.g. 255, "uncertain", in pseudo masks) counts as a
+    background prediction, so a mask cannot raise its score by abstaining;
+  - a class absent from both ground truth and prediction has IoU NaN and is left out of the mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core.io import IGNORE_INDEX
+
+# SEAM's sweep of the background threshold for CAM evaluation: 0.00, 0.01, ..., 0.60.
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(step * 0.01, 2) for step in range(61))
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise ratio, NaN where the denominator is 0."""
+    result = np.full(numerator.shape, np.nan)
+    np.divide(numerator, denominator, out=result, where=denominator > 0)
+    return result
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values; NaN (without numpy's warning) when there are none."""
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else float("nan")
+
+
+def json_number(value: float) -> float | None:
+    """A score for JSON: NaN (undefined) becomes None."""
+    return None if np.isnan(value) else float(value)
+
+
+def _labelled_pixels(gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """Flat int64 ground truth without ignored pixels; raises on a label the class list does not have."""
+    gt = gt.ravel().astype(np.int64)
+    gt = gt[gt != IGNORE_INDEX]
+    if gt.size and (gt.min() < 0 or gt.max() >= num_classes):
+        bad = gt[(gt < 0) | (gt >= num_classes)][0]
+        raise ValueError(f"ground truth holds label {bad}, outside 0..{num_classes - 1} (and 255 = ignore)")
+    return gt
+
+
+class ConfusionMatrix:
+    """Pixel counts `matrix[gt, pred]` over all updates; `num_classes` includes background (class 0)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Add one image: `pred` and `gt` are (H, W) integer label arrays of the same shape."""
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+        keep = gt.ravel() != IGNORE_INDEX
+        labels = _labelled_pixels(gt, self.num_classes)
+        predicted = pred.ravel()[keep].astype(np.int64)
+        predicted[(predicted < 0) | (predicted >= self.num_classes)] = 0
+        counts = np.bincount(labels * self.num_classes + predicted, minlength=self.num_classes**2)
+        self.matrix += counts.reshape(self.num_classes, self.num_classes)
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        """Add another matrix's counts into this one (e.g. from a parallel worker); returns self."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.matrix += other.matrix
+        return self
+
+    def iou(self) -> np.ndarray:
+        true_positive = np.diag(self.matrix)
+        union = self.matrix.sum(axis=0) + self.matrix.sum(axis=1) - true_positive
+        return _divide(true_positive, union)
+
+    def miou(self) -> float:
+        return _nanmean(self.iou())
+
+    def precision(self) -> np.ndarray:
+        """Per class: correct / predicted as that class (NaN if never predicted)."""
+        return _divide(np.diag(self.matrix), self.matrix.sum(axis=0))
+
+    def recall(self) -> np.ndarray:
+        """Per class: correct / labelled as that class (NaN if never labelled)."""
+        return _divide(np.diag(self.matrix), self.matrix.sum(axis=1))
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum()
+        return float(np.trace(self.matrix) / total) if total else float("nan")
+
+    def summary(self, class_names: list[str]) -> dict:
+        """JSON-ready metrics (fractions in [0, 1]; NaN becomes None)."""
+        if len(class_names) != self.num_classes:
+            raise ValueError(f"{len(class_names)} class names for {self.num_classes} classes")
+        iou, precision, recall = self.iou(), self.precision(), self.recall()
+        return {
+            "miou": json_number(self.miou()),
+            "pixel_accuracy": json_number(self.pixel_accuracy()),
+            "per_class": {
+                name: {
+                    "iou": json_number(iou[index]),
+                    "precision": json_number(precision[index]),
+                    "recall": json_number(recall[index]),
+                }
+                for index, name in enumerate(class_names)
+            },
+        }
+
+
+class CamThresholdSweep:
+    """Confusion matrices of CAM predictions for every background threshold, accumulated in one pass.
+
+    At threshold t a pixel is predicted as the class of its highest CAM if that value is > t, else as
+    background (argmax over [t, cams...] with background winning ties, as in SEAM / IRN).
+
+    Rather than scoring each threshold, each labelled pixel is counted once under (gt, top class, k), where
+    k = number of thresholds strictly below its top CAM value. At the j-th threshold the pixel is
+    foreground exactly when k > j, so suffix sums over k give every threshold's matrix.
+    """
+
+    def __init__(self, num_classes: int, thresholds: tuple[float, ...] | list[float] = DEFAULT_THRESHOLDS):
+        if len(thresholds) == 0:
+            raise ValueError("at least one threshold is needed")
+        self.num_classes = num_classes
+        self.thresholds = np.unique(np.asarray(thresholds, dtype=np.float64))  # sorted, for searchsorted
+        self._counts = np.zeros((num_classes, num_classes, len(self.thresholds) + 1), dtype=np.int64)
+
+    def update(self, cams: np.ndarray, classes: np.ndarray, gt: np.ndarray) -> None:
+        """Add one image: `cams` (K, H, W), `classes` their K foreground class indices, `gt` (H, W)."""
+        classes = np.asarray(classes, dtype=np.int64)
+        if cams.ndim != 3 or cams.shape[0] != len(classes) or cams.shape[1:] != gt.shape:
+            raise ValueError(f"cams {cams.shape} with {len(classes)} classes do not fit ground truth {gt.shape}")
+        if classes.size and (classes.min() < 1 or classes.max() >= self.num_classes):
+            raise ValueError(f"CAM classes {classes.tolist()} outside 1..{self.num_classes - 1}")
+        keep = gt.ravel() != IGNORE_INDEX
+        labels = _labelled_pixels(gt, self.num_classes)
+        if len(classes) == 0:
+            # No foreground class in the image: background at every threshold, i.e. k = 0.
+            top_class = np.zeros_like(labels)
+            below = np.zeros_like(labels)
+        else:
+            flat = cams.reshape(len(classes), -1)[:, keep]
+            top_class = classes[flat.argmax(axis=0)]
+            # Compared in float64 so the result does not depend on the dtype the CAMs arrive in.
+            top_value = flat.max(axis=0).astype(np.float64)
+            below = np.searchsorted(self.thresholds, top_value, side="left")
+        bins = len(self.thresholds) + 1
+        index = (labels * self.num_classes + top_class) * bins + below
+        self._counts += np.bincount(index, minlength=self._counts.size).reshape(self._counts.shape)
+
+    def matrices(self) -> list[ConfusionMatrix]:
+        """One confusion matrix per threshold, in the order of `self.thresholds`."""
+        # foreground[g, c, j] = pixels of gt g whose top class c is predicted at threshold j (k > j).
+        foreground = np.cumsum(self._counts[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+        pixels_per_gt = self._counts.sum(axis=(1, 2))
+        result = []
+        for j in range(len(self.thresholds)):
+            matrix = ConfusionMatrix(self.num_classes)
+            matrix.matrix[:, 1:] = foreground[:, 1:, j]
+            matrix.matrix[:, 0] = pixels_per_gt - foreground[:, 1:, j].sum(axis=1)
+            result.append(matrix)
+        return result
+
+    def curve(self) -> list[tuple[float, float]]:
+        """(threshold, mIoU) for every threshold."""
+        return [(float(t), matrix.miou()) for t, matrix in zip(self.thresholds, self.matrices())]
+
+    def best(self) -> tuple[float, ConfusionMatrix]:
+        """The threshold with the highest mIoU (the lowest such threshold on a tie) and its matrix."""
+        matrices = self.matrices()
+        scores = np.array([matrix.miou() for matrix in matrices])
+        best = int(np.argmax(np.nan_to_num(scores, nan=-1.0)))
+        return float(self.thresholds[best]), matrices[best]

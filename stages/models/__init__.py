@@ -1,0 +1,1 @@
+"""Networks: ResNet backbones with a chosen output stride, the CAM classifier and the DeepLab segmenter."""

@@ -1,0 +1,111 @@
+"""Stage `pseudo-label`: CAMs → pseudo masks for training the segmenter.
+
+Input: `cams/<split>.h5`. Output: `pseudo/<refine>/<id>.png` (VOC palette PNGs) and `pseudo/<refine>/info.json`.
+As in IRN's cam_to_ir_label: the background score is a constant threshold stacked under the CAMs; argmax with
+the high (foreground) threshold gives confident foreground, with the low (background) threshold confident
+background; each map goes through the label refinements (dense CRF); pixels the two disagree on are 255
+(ignored by the segmenter's loss). Images are processed in parallel worker processes (CRF is single-threaded).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .core.camstore import CamReader
+from .core.console import console, progress_bar
+from .core.errors import UserError
+from .core.io import IGNORE_INDEX, load_image, save_mask, write_json
+from .core.runs import Run
+from .infer_cam import cam_path
+from .refine import Refinement, parse_refinements
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    split: str = "train"
+    refine: str = "crf"
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    workers: int = 2
+
+
+def pseudo_mask_dir(run: Run, refine: str) -> str:
+    return str(run.path("pseudo", refine.replace(",", "+")))
+
+
+def make_pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, config: PseudoLabelConfig,
+                     refinements: list[Refinement]) -> np.ndarray:
+    """(K, H, W) CAMs of the image's classes → (H, W) uint8 mask of class ids, 0 background, 255 uncertain."""
+    keys = np.concatenate([[0], classes]).astype(np.uint8)
+    label_maps = []
+    for threshold in (config.fg_threshold, config.bg_threshold):
+        scores = np.concatenate([np.full((1, *cams.shape[1:]), threshold, dtype=np.float32), cams])
+        for refinement in refinements:
+            scores = refinement.refine_scores(image, scores)
+        labels = scores.argmax(axis=0)
+        for refinement in refinements:
+            labels = refinement.refine_labels(image, labels, len(keys))
+        label_maps.append(labels)
+    confident_fg, confident_bg = label_maps
+    mask = keys[confident_fg]
+    mask[confident_fg == 0] = IGNORE_INDEX
+    mask[(confident_fg == 0) & (confident_bg == 0)] = 0
+    return mask
+
+
+def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
+    if not 0 <= config.bg_threshold <= config.fg_threshold <= 1:
+        raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {config.bg_threshold} and "
+                        f"{config.fg_threshold}")
+    parse_refinements(config.refine)  # fail on a bad name before any work
+    dataset = run.dataset()
+    samples = dataset.split(config.split)
+    cam_file = run.require(f"cams/{config.split}.h5", f"run `wsss infer-cam --split {config.split}` first")
+    with CamReader(cam_file) as reader:
+        missing = [s.id for s in samples if s.id not in reader]
+    if missing:
+        raise UserError(f"{cam_file} has no CAM for {len(missing)} images of split {config.split} "
+                        f"(e.g. {missing[0]}): re-run `wsss infer-cam --split {config.split}`")
+    out_dir = pseudo_mask_dir(run, config.refine)
+    jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in samples]
+
+    with run.stage(f"pseudo-label/{config.refine}", asdict(config)) as record:
+        record.inputs += [run.path("dataset.json"), cam_file]
+        console.print(f"pseudo-label: {len(jobs)} images, refine {config.refine}, thresholds fg "
+                      f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers")
+        ignored = labelled = 0
+        context = multiprocessing.get_context("fork")
+        with context.Pool(config.workers, _init_worker, (str(cam_file), config)) as pool, progress_bar() as bar:
+            task = bar.add_task("pseudo-label", total=len(jobs), status="")
+            for ignored_pixels, pixels in pool.imap_unordered(_label_one, jobs, chunksize=8):
+                ignored += ignored_pixels
+                labelled += pixels
+                bar.update(task, advance=1)
+        record.metrics = {"images": len(jobs), "ignored_fraction": round(ignored / max(labelled, 1), 4)}
+        write_json(f"{out_dir}/info.json", {"config": asdict(config), "source": str(cam_file), **record.metrics})
+        record.outputs.append(out_dir)
+    return record.metrics
+
+
+_worker: dict = {}
+
+
+def _init_worker(cam_file: str, config: PseudoLabelConfig) -> None:
+    # Each process opens the HDF5 file itself: h5py handles must not cross a fork.
+    _worker["reader"] = CamReader(cam_file)
+    _worker["config"] = config
+    _worker["refinements"] = parse_refinements(config.refine)
+
+
+def _label_one(job: tuple[str, str, str]) -> tuple[int, int]:
+    image_id, image_path, out_path = job
+    cams, classes = _worker["reader"].read(image_id)
+    image = load_image(image_path)
+    if image.shape[:2] != cams.shape[1:]:
+        raise UserError(f"CAM of {image_id} is {cams.shape[1:]} but its image is {image.shape[:2]}")
+    mask = make_pseudo_mask(image, cams, classes, _worker["config"], _worker["refinements"])
+    save_mask(out_path, mask)
+    return int((mask == IGNORE_INDEX).sum()), mask.size

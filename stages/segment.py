@@ -1,0 +1,176 @@
+"""Stage `segment`: train a DeepLab segmenter on pseudo masks (or ground truth) and predict splits.
+
+Input: the dataset index and `pseudo/<refine>/` masks (or the dataset's own masks with `labels="gt"`, the fully
+supervised upper bound). Output: `segment/<tag>/checkpoint.pt` and `segment/<tag>/pred_<split>/<id>.png`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .core.checkpoint import load_checkpoint, load_state, save_checkpoint
+from .core.console import console, progress_bar
+from .core.device import autocast, memory_format, resolve_device, seed_everything
+from .core.errors import UserError
+from .core.io import IGNORE_INDEX, load_image, save_mask
+from .core.runs import Run
+from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs
+from .data.loading import Augment, SplitDataset, same_size_batches
+from .models.deeplab import DeepLab, SegModelConfig
+from .pseudo_label import pseudo_mask_dir
+from .refine.crf import CrfParams, crf_from_probabilities
+
+# DeepLab's CRF post-processing settings (REFERENCES.md: gaussian 1/3, bilateral 67/3/4, 10 iterations).
+POSTPROCESS_CRF = CrfParams(gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67, bilateral_srgb=3,
+                            bilateral_compat=4, iterations=10)
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    labels: str = "pseudo"  # "pseudo" (masks from `wsss pseudo-label`) or "gt" (upper bound)
+    pseudo: str = "crf"  # which pseudo masks: the --refine they were made with
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    train_split: str = "train"
+    predict_splits: tuple[str, ...] = ("val",)
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 0.05
+    head_lr_mult: float = 1.0
+    weight_decay: float = 1e-4
+    base_size: int = 128
+    crop_size: int = 112
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    test_scales: tuple[float, ...] = (1.0,)
+    test_flip: bool = False
+    crf: bool = False
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+
+    @property
+    def tag(self) -> str:
+        return "gt" if self.labels == "gt" else f"pseudo-{self.pseudo.replace(',', '+')}"
+
+
+def segment_dir(run: Run, config: SegmentConfig) -> Path:
+    return run.path("segment", config.tag)
+
+
+def segment(run: Run, config: SegmentConfig) -> dict:
+    if config.labels not in ("pseudo", "gt"):
+        raise UserError(f"--labels must be pseudo or gt, got {config.labels!r}")
+    dataset = run.dataset()
+    samples = dataset.split(config.train_split)
+    for split in config.predict_splits:
+        dataset.split(split)  # unknown split: fail now, not after training
+    inputs = [run.path("dataset.json")]
+    if config.labels == "gt":
+        without = [s.id for s in samples if s.mask is None]
+        if without:
+            raise UserError(f"--labels gt needs ground-truth masks; {len(without)} {config.train_split} images "
+                            f"have none (e.g. {without[0]})")
+        mask_dir = None
+    else:
+        mask_dir = pseudo_mask_dir(run, config.pseudo)
+        missing = [s.id for s in samples if not Path(mask_dir, f"{s.id}.png").is_file()]
+        if missing:
+            raise UserError(f"no pseudo mask {mask_dir}/{missing[0]}.png ({len(missing)} missing): run "
+                            f"`wsss pseudo-label --refine {config.pseudo}` first")
+        inputs.append(mask_dir)
+
+    device = resolve_device(config.device)
+    generator = seed_everything(config.seed)
+    augment = Augment(config.base_size, config.crop_size, config.scale_range)
+    train_set = SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=True, mask_dir=mask_dir,
+                             seed=config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        num_workers=config.workers, persistent_workers=config.workers > 0,
+                        pin_memory=device.type == "cuda", generator=generator)
+    model = DeepLab(config.model, len(dataset.class_names)).to(device, memory_format=memory_format(device))
+    optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
+    optimizer = make_optimizer(*model.param_groups(), optim)
+
+    def losses(batch: dict) -> dict[str, torch.Tensor]:
+        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format(device))
+        masks = batch["mask"].to(device, non_blocking=True)
+        return {"ce": F.cross_entropy(model(images), masks, ignore_index=IGNORE_INDEX)}
+
+    out_dir = segment_dir(run, config)
+    with run.stage(f"segment/{config.tag}", asdict(config)) as record:
+        record.inputs += inputs
+        console.print(f"segment: {config.model.backbone} OS{config.model.output_stride} on {len(samples)} images "
+                      f"with {config.labels} labels{'' if mask_dir is None else ' from ' + mask_dir}, device {device}")
+        model.train()
+        history = train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, losses_fn=losses,
+                               on_epoch_end=lambda epoch, log: log_epoch(epoch, config.epochs, log),
+                               description=f"segment {config.tag}")
+        save_checkpoint(out_dir / "checkpoint.pt", kind="segmenter", config=asdict(config),
+                        class_names=dataset.class_names, model=model, metrics={"epochs": history})
+        record.outputs.append(out_dir / "checkpoint.pt")
+        model.eval()
+        for split in config.predict_splits:
+            predicted = out_dir / f"pred_{split}"
+            predict(model, dataset.split(split), predicted, config, device)
+            record.outputs.append(predicted)
+        record.metrics = {"final_loss": round(history[-1]["ce"], 4),
+                          "epoch_seconds": round(float(np.mean([h["seconds"] for h in history])), 2)}
+    return record.metrics
+
+
+def load_segmenter(path: Path, num_classes: int) -> DeepLab:
+    checkpoint = load_checkpoint(path, "segmenter")
+    model_config = SegModelConfig(**{**checkpoint["config"]["model"], "pretrained": "none"})
+    model = DeepLab(model_config, num_classes)
+    load_state(model, checkpoint, path)
+    return model
+
+
+@torch.inference_mode()
+def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, device: torch.device) -> None:
+    """Write one palette PNG per image: argmax of softmax averaged over test scales (and flips), then CRF."""
+    crf_jobs = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"predict {out_dir.name}", total=len(samples), status="")
+        for batch_samples, images in same_size_batches(samples, config.batch_size, config.workers):
+            probabilities = _multi_scale_softmax(model, images.to(device), config, device)
+            for sample, probs in zip(batch_samples, probabilities):
+                path = out_dir / f"{sample.id}.png"
+                if config.crf:
+                    crf_jobs.append((sample.image, probs, path))
+                else:
+                    save_mask(path, probs.argmax(axis=0).astype(np.uint8))
+            bar.update(task, advance=len(batch_samples))
+    if crf_jobs:
+        with multiprocessing.get_context("fork").Pool(config.workers) as pool, progress_bar() as bar:
+            task = bar.add_task("crf", total=len(crf_jobs), status="")
+            for _ in pool.imap_unordered(_crf_and_save, crf_jobs, chunksize=4):
+                bar.update(task, advance=1)
+
+
+def _multi_scale_softmax(model, images: torch.Tensor, config: SegmentConfig, device) -> np.ndarray:
+    height, width = images.shape[-2:]
+    total = torch.zeros(images.shape[0], model.classifier.out_channels, height, width, device=device)
+    for scale in config.test_scales:
+        scaled = images if scale == 1.0 else F.interpolate(
+            images, size=(round(height * scale), round(width * scale)), mode="bilinear", align_corners=False)
+        views = [scaled, scaled.flip(-1)] if config.test_flip else [scaled]
+        for view_index, view in enumerate(views):
+            with autocast(device):
+                logits = model(view.contiguous(memory_format=memory_format(device))).float()
+            if view_index == 1:
+                logits = logits.flip(-1)
+            total += F.softmax(F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False), 1)
+    return (total / total.sum(1, keepdim=True)).cpu().numpy()
+
+
+def _crf_and_save(job) -> None:
+    image_path, probabilities, out_path = job
+    labels = crf_from_probabilities(load_image(image_path), probabilities, POSTPROCESS_CRF)
+    save_mask(out_path, labels.astype(np.uint8))

@@ -1,0 +1,128 @@
+"""Stage `train-cam`: train the image classifier whose CAMs seed everything downstream.
+
+Input: the run's dataset index. Output: `cam/checkpoint.pt` (weights, config, class names, per-epoch metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .core.checkpoint import save_checkpoint
+from .core.console import console
+from .core.device import memory_format, resolve_device, seed_everything
+from .core.errors import UserError
+from .core.runs import Run
+from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs
+from .data.loading import Augment, SplitDataset
+from .methods import CamModelConfig, build_cam_model
+
+CHECKPOINT = "cam/checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainCamConfig:
+    method: str = "baseline"
+    model: CamModelConfig = field(default_factory=CamModelConfig)
+    train_split: str = "train"
+    val_split: str = "val"
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 0.1
+    head_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    base_size: int = 128
+    crop_size: int = 112
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+
+
+def train_cam(run: Run, config: TrainCamConfig) -> dict:
+    dataset = run.dataset()
+    train_samples = dataset.split(config.train_split)
+    val_samples = [s for s in dataset.split(config.val_split)] if config.val_split else []
+    device = resolve_device(config.device)
+    generator = seed_everything(config.seed)
+    num_classes = dataset.num_classes
+
+    augment = Augment(config.base_size, config.crop_size, config.scale_range)
+    train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        num_workers=config.workers, persistent_workers=config.workers > 0,
+                        pin_memory=device.type == "cuda", generator=generator)
+    model = build_cam_model(config.method, config.model, num_classes).to(device, memory_format=memory_format(device))
+    optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
+    optimizer = make_optimizer(*model.param_groups(), optim)
+
+    def losses(batch: dict) -> dict[str, torch.Tensor]:
+        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format(device))
+        return model.training_losses(images, batch["labels"].to(device, non_blocking=True))
+
+    # Validation images are resized to the crop size (no randomness) so they batch whatever their size.
+    val_set = SplitDataset(val_samples, num_classes, seed=config.seed,
+                           augment=Augment(config.crop_size, config.crop_size, (1.0, 1.0), flip=False))
+    epoch_metrics: list[dict] = []
+
+    def on_epoch_end(epoch: int, log: dict[str, float]) -> None:
+        if val_samples:
+            log.update(classification_metrics(model, val_set, device, config.batch_size))
+        epoch_metrics.append(dict(log))
+        log_epoch(epoch, config.epochs, log)
+        model.train()
+
+    with run.stage("train-cam", asdict(config)) as record:
+        record.inputs.append(run.path("dataset.json"))
+        console.print(f"train-cam: {config.method} on {len(train_samples)} {config.train_split} images, "
+                      f"{config.model.backbone} OS{config.model.output_stride}, device {device}")
+        model.train()
+        train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, losses_fn=losses,
+                     on_epoch_end=on_epoch_end, description="train-cam")
+        final = epoch_metrics[-1]
+        record.metrics = {k: round(v, 4) for k, v in final.items() if k in ("val_map", "val_f1")}
+        record.metrics["epoch_seconds"] = round(float(np.mean([m["seconds"] for m in epoch_metrics])), 2)
+        save_checkpoint(run.path(CHECKPOINT), kind="cam", config=asdict(config), class_names=dataset.class_names,
+                        model=model, metrics={"epochs": epoch_metrics})
+        record.outputs.append(run.path(CHECKPOINT))
+    return record.metrics
+
+
+@torch.inference_mode()
+def classification_metrics(model, dataset: SplitDataset, device: torch.device, batch_size: int) -> dict[str, float]:
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    scores, targets = [], []
+    for batch in loader:
+        images = batch["image"].to(device, memory_format=memory_format(device))
+        scores.append(torch.sigmoid(model(images).float()).cpu())
+        targets.append(batch["labels"])
+    scores_np, targets_np = torch.cat(scores).numpy(), torch.cat(targets).numpy()
+    return {"val_map": mean_average_precision(scores_np, targets_np),
+            "val_f1": macro_f1(scores_np >= 0.5, targets_np.astype(bool))}
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over classes (with at least one positive) of the average precision of ranking images by score."""
+    precisions = []
+    for column in range(scores.shape[1]):
+        positives = targets[:, column] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, column], kind="stable")
+        hits = positives[order]
+        precision_at_hit = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
+        precisions.append(precision_at_hit.mean())
+    if not precisions:
+        raise UserError("validation split has no labelled images: cannot compute mAP")
+    return float(np.mean(precisions))
+
+
+def macro_f1(predicted: np.ndarray, targets: np.ndarray) -> float:
+    true_positive = (predicted & targets).sum(0)
+    denominator = predicted.sum(0) + targets.sum(0)
+    present = targets.sum(0) > 0
+    return float(np.mean(2 * true_positive[present] / np.maximum(denominator[present], 1)))

@@ -1,0 +1,218 @@
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.core.camstore import CamWriter
+from stages.core.errors import UserError
+from stages.core.io import save_mask
+from stages.core.runs import Run
+from stages.data.index import DatasetIndex, Sample
+from stages.evaluate import EvaluateConfig, evaluate_cams, evaluate_masks, per_class_table, results_table
+from stages.report import ReportConfig, build_report, jet
+
+# The last class name checks that the report escapes what it writes into HTML.
+CLASS_NAMES = ["background", "a", "b<i>"]
+SIZE = 8
+
+
+def ground_truth_masks() -> dict[str, np.ndarray]:
+    """Three 8x8 masks. Totals: class 1: 48 pixels, class 2: 64, background 72, ignored 8."""
+    first = np.zeros((SIZE, SIZE), np.uint8)
+    first[:4, :4] = 1
+    second = np.zeros((SIZE, SIZE), np.uint8)
+    second[4:, :] = 2
+    second[0, :] = 255
+    third = np.zeros((SIZE, SIZE), np.uint8)
+    third[:, :4] = 1
+    third[:, 4:] = 2
+    return {"img0": first, "img1": second, "img2": third}
+
+
+def labels_of(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(label) for label in np.unique(mask) if label not in (0, 255))
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = []
+    for sample_id, mask in ground_truth_masks().items():
+        image_path, mask_path = data / "images" / f"{sample_id}.png", data / "masks" / f"{sample_id}.png"
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(image_path)
+        save_mask(mask_path, mask)
+        train.append(Sample(sample_id, str(image_path), str(mask_path), labels_of(mask)))
+    unlabelled = [Sample("img9", str(data / "images" / "img0.png"), None, (1,))]
+    index = DatasetIndex("tiny", "synth", str(data), CLASS_NAMES, {"train": train, "test": unlabelled})
+    run = Run(tmp_path / "run")
+    index.save(run.path("dataset.json"))
+    return run
+
+
+def write_perfect_cams(path: Path, skip: str | None = None) -> None:
+    """One-hot CAMs of each image's ground-truth classes."""
+    with CamWriter(path, class_names=CLASS_NAMES, split="train", scales=[1.0], config={}) as writer:
+        for sample_id, mask in ground_truth_masks().items():
+            if sample_id == skip:
+                continue
+            classes = np.array(labels_of(mask))
+            writer.write(sample_id, np.stack([(mask == c).astype(np.float32) for c in classes]), classes)
+
+
+def write_masks(folder: Path, masks: dict[str, np.ndarray]) -> None:
+    for sample_id, mask in masks.items():
+        save_mask(folder / f"{sample_id}.png", mask)
+
+
+def perturbed_masks() -> dict[str, np.ndarray]:
+    """gt with 8 class-1 pixels of img2 predicted as class 2 and 4 class-1 pixels of img0 uncertain (255)."""
+    masks = ground_truth_masks()
+    masks["img2"][:2, :4] = 2
+    masks["img0"][0, :4] = 255
+    return masks
+
+
+def test_perfect_cams_score_one_at_every_threshold(run):
+    cam_file = run.path("cams", "train.h5")
+    write_perfect_cams(cam_file)
+    calls = []
+    result = evaluate_cams(run, cam_file, EvaluateConfig(), "cam", progress=calls.append)
+    assert calls == [1, 1, 1]
+    assert result["kind"] == "cam" and result["num_images"] == 3 and result["split"] == "train"
+    assert result["miou"] == 1.0 and result["best_threshold"] == 0.0
+    assert len(result["curve"]) == 61 and all(miou == 1.0 for _, miou in result["curve"])
+    assert result["per_class"]["b<i>"] == {"iou": 1.0, "precision": 1.0, "recall": 1.0}
+    assert json.loads(run.path("eval", "cam.json").read_text()) == result
+    stage = run.manifest()["stages"]["evaluate/cam"]
+    assert stage["metrics"]["miou"] == 1.0
+    assert stage["outputs"] == ["eval/cam.json"] and "cams/train.h5" in stage["inputs"]
+
+
+def test_missing_cam_names_the_image_and_the_file(run):
+    cam_file = run.path("cams", "train.h5")
+    write_perfect_cams(cam_file, skip="img1")
+    with pytest.raises(UserError, match=r"img1.*train\.h5"):
+        evaluate_cams(run, cam_file, EvaluateConfig(), "cam")
+    assert "evaluate/cam" not in run.manifest()["stages"]
+    assert not run.path("eval", "cam.json").exists()
+
+
+def test_missing_cam_file(run):
+    with pytest.raises(UserError, match="CAM file not found"):
+        evaluate_cams(run, run.path("nothing.h5"), EvaluateConfig(), "cam")
+
+
+def test_masks_identical_to_ground_truth_score_one(run):
+    write_masks(run.path("pseudo"), ground_truth_masks())
+    result = evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+    assert result["kind"] == "masks"
+    assert result["miou"] == 1.0 and result["miou_confident"] == 1.0 and result["coverage"] == 1.0
+    assert "best_threshold" not in result
+
+
+def test_perturbed_masks_by_hand(run):
+    write_masks(run.path("pseudo"), perturbed_masks())
+    result = evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+    # Uncertain pixels count as background. Class 0: tp 72, gt 72, pred 76. Class 1: tp 36, gt 48, pred 36.
+    # Class 2: tp 64, gt 64, pred 72.
+    expected = (Fraction(72, 76) + Fraction(36, 48) + Fraction(64, 72)) / 3
+    assert result["miou"] == pytest.approx(float(expected))
+    assert result["per_class"]["a"]["recall"] == pytest.approx(36 / 48)
+    assert result["per_class"]["b<i>"]["precision"] == pytest.approx(64 / 72)
+    assert result["pixel_accuracy"] == pytest.approx((72 + 36 + 64) / 184)
+    # Without the 4 uncertain pixels: class 0 is perfect, class 1: tp 36, gt 44, pred 36.
+    confident = (1 + Fraction(36, 44) + Fraction(64, 72)) / 3
+    assert result["miou_confident"] == pytest.approx(float(confident))
+    assert result["coverage"] == pytest.approx(180 / 184)
+    assert run.manifest()["stages"]["evaluate/pseudo"]["metrics"]["coverage"] == pytest.approx(180 / 184)
+
+
+def test_missing_mask_file_is_named(run):
+    masks = ground_truth_masks()
+    del masks["img2"]
+    write_masks(run.path("pseudo"), masks)
+    with pytest.raises(UserError, match=r"pseudo/img2\.png"):
+        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+
+
+def test_mask_of_the_wrong_size(run):
+    masks = ground_truth_masks()
+    masks["img1"] = np.zeros((4, 4), np.uint8)
+    write_masks(run.path("pseudo"), masks)
+    with pytest.raises(UserError, match="img1"):
+        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+
+
+def test_split_without_ground_truth(run):
+    with pytest.raises(UserError, match="split 'test' has no ground-truth masks"):
+        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(split="test"), "pseudo")
+
+
+def test_evaluation_name_must_be_a_plain_name(run):
+    with pytest.raises(UserError, match="invalid evaluation name"):
+        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "../escape")
+
+
+def test_tables_list_results(run):
+    cam_file = run.path("cams", "train.h5")
+    write_perfect_cams(cam_file)
+    write_masks(run.path("pseudo"), perturbed_masks())
+    results = [evaluate_cams(run, cam_file, EvaluateConfig(), "cam"),
+               evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")]
+    table = results_table(results)
+    assert table.row_count == 2
+    assert list(table.columns[4].cells) == ["100.0", "86.2"]
+    assert list(table.columns[5].cells) == ["0.00", "–"]
+    assert per_class_table(results[1]).row_count == 3
+
+
+def test_jet_runs_from_blue_to_red():
+    colours = jet(np.array([0.0, 0.5, 1.0]))
+    assert colours[0].argmax() == 2 and colours[1].argmax() == 1 and colours[2].argmax() == 0
+
+
+def test_report(run):
+    cam_file = run.path("cams", "train.h5")
+    write_perfect_cams(cam_file)
+    write_masks(run.path("pseudo"), perturbed_masks())
+    evaluate_cams(run, cam_file, EvaluateConfig(), "cam")
+    evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+    predictions = ground_truth_masks()
+    del predictions["img1"]
+    write_masks(run.path("predictions"), predictions)
+
+    path = build_report(run, ReportConfig(num_samples=10), cam_file, run.path("pseudo"), run.path("predictions"))
+    assert path == run.path("report.html")
+    page = path.read_text()
+    for sample_id in ground_truth_masks():
+        assert f">{sample_id}<" in page
+    for text in ("cam", "pseudo", "mIoU %", "evaluate/cam", "<polyline", "data:image/png;base64,"):
+        assert text in page
+    # five pictures for img0 and img2, four for img1 (no prediction) plus its "–" cell
+    assert page.count("data:image/png;base64,") == 14
+    assert page.count('<td class="missing">') == 1
+    assert "b&lt;i&gt;" in page and "b<i>" not in page
+    stage = run.manifest()["stages"]["report"]
+    assert stage["outputs"] == ["report.html"] and stage["metrics"]["num_samples"] == 3
+
+
+def test_report_without_artifacts_is_deterministic(run):
+    config = ReportConfig(num_samples=2, seed=3)
+    first = build_report(run, config, None, None, None).read_text()
+    assert first.count("data:image/png;base64,") == 4  # image and ground truth of two samples
+    assert first.count('<td class="missing">') == 6
+    assert "No evaluation results yet" in first
+    chosen = [sample_id for sample_id in ground_truth_masks() if f">{sample_id}<" in first]
+    assert len(chosen) == 2
+    second = build_report(run, config, None, None, None).read_text()
+    assert [sample_id for sample_id in ground_truth_masks() if f">{sample_id}<" in second] == chosen
+
+
+def test_report_refuses_a_missing_folder(run):
+    with pytest.raises(UserError, match="not found"):
+        build_report(run, ReportConfig(), None, run.path("nowhere"), None)

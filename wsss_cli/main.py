@@ -1,0 +1,352 @@
+"""The `wsss` command: one sub-command per pipeline stage. Options are parsed here; the work is in `stages/`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from stages.core.errors import UserError
+
+app = typer.Typer(
+    help="Weakly supervised semantic segmentation: image labels → CAMs → pseudo masks → segmenter → mIoU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Make or read a dataset and write the run's dataset index.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+RunOption = Annotated[Path, typer.Option("--run", help="Run folder: where stages read inputs and write outputs.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda (CUDA uses AMP and channels_last).")]
+SeedOption = Annotated[int, typer.Option(help="Random seed.")]
+WorkersOption = Annotated[int, typer.Option(min=0, help="Worker processes for loading / CPU-bound work.")]
+DEFAULT_RUN = Path("runs/default")
+
+
+class Pretrained(str, Enum):
+    none = "none"
+    imagenet = "imagenet"
+
+
+def user_errors(command: Callable) -> Callable:
+    """Report a UserError as one line on stderr with exit status 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def ints(text: str, option: str) -> tuple[int, ...]:
+    values = floats(text, option)
+    if any(v != int(v) for v in values):
+        raise UserError(f"{option} takes comma-separated integers, got {text!r}")
+    return tuple(int(v) for v in values)
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def pair(text: str, option: str) -> tuple[float, float]:
+    values = floats(text, option)
+    if len(values) != 2 or values[0] > values[1]:
+        raise UserError(f"{option} takes LOW,HIGH with LOW <= HIGH, got {text!r}")
+    return values
+
+
+def pretrained_value(text: str) -> str:
+    return text if text in ("none", "imagenet") else str(Path(text))
+
+
+# ----------------------------------------------------------------------------------------------- data
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    run: RunOption = DEFAULT_RUN,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the images (default RUN/synth). Reused if it "
+                                                     "already holds the same config.")] = None,
+    seed: SeedOption = 0,
+    num_train: Annotated[int, typer.Option(min=1, help="Training images.")] = 2000,
+    num_val: Annotated[int, typer.Option(min=1, help="Validation images.")] = 500,
+    image_size: Annotated[int, typer.Option(min=32, help="Square image side in pixels.")] = 128,
+    num_classes: Annotated[int, typer.Option(help="Foreground classes (even, 2-12): pairs share a body and "
+                                                  "differ by a small marker (partial activation).")] = 8,
+    objects: Annotated[str, typer.Option(help="MIN,MAX objects per image.")] = "1,3",
+    two_class_prob: Annotated[float, typer.Option(help="Probability of a second class in an image.")] = 0.4,
+    object_scale: Annotated[str, typer.Option(help="MIN,MAX object length as a fraction of the image.")] = "0.3,0.55",
+    context_classes: Annotated[str, typer.Option(help="Classes shown on a typical background context "
+                                                      "(over-activation), comma-separated.")] = "boat,car,train",
+    context_prob: Annotated[float, typer.Option(help="How often a context class appears on its context.")] = 0.8,
+    context_distractor_prob: Annotated[float, typer.Option(help="How often a context appears without its "
+                                                                "class.")] = 0.1,
+    occluder_prob: Annotated[float, typer.Option(help="Probability of an occluder drawn over objects.")] = 0.3,
+    colour_jitter: Annotated[float, typer.Option(help="Brightness/contrast/saturation jitter.")] = 0.1,
+    noise_std: Annotated[float, typer.Option(help="Gaussian pixel noise (0-255 scale).")] = 6.0,
+    jpeg_quality: Annotated[str, typer.Option(help="MIN,MAX JPEG quality.")] = "60,95",
+    workers: WorkersOption = 2,
+):
+    """Generate the synthetic benchmark (VOC layout, deterministic for a seed) and index it for the run."""
+    from stages.data.synth import SynthConfig
+    from stages.prepare_data import data_synth as run_stage
+    from stages.core.runs import Run
+
+    low, high = ints(objects, "--objects")
+    quality = ints(jpeg_quality, "--jpeg-quality")
+    config = SynthConfig(
+        seed=seed, num_train=num_train, num_val=num_val, image_size=image_size, num_classes=num_classes,
+        objects_per_image=(low, high), two_class_prob=two_class_prob,
+        object_scale=pair(object_scale, "--object-scale"), context_classes=names(context_classes),
+        context_prob=context_prob, context_distractor_prob=context_distractor_prob, occluder_prob=occluder_prob,
+        colour_jitter=colour_jitter, noise_std=noise_std, jpeg_quality=(quality[0], quality[-1]),
+    )
+    run_stage(Run(run), config, out, max(workers, 1))
+
+
+@data_app.command("voc")
+@user_errors
+def data_voc(
+    root: Annotated[Path, typer.Argument(help="VOC2012 folder, or a folder containing VOCdevkit/VOC2012.")],
+    run: RunOption = DEFAULT_RUN,
+    splits: Annotated[str, typer.Option(help="Split lists to read (ImageSets/Segmentation or SegmentationAug).")]
+    = "train_aug,train,val",
+    workers: WorkersOption = 8,
+):
+    """Index PASCAL VOC 2012 (+ SBD SegmentationClassAug); image labels come from the masks (or XML)."""
+    from stages.core.runs import Run
+    from stages.prepare_data import data_voc as run_stage
+
+    run_stage(Run(run), root, names(splits), max(workers, 1))
+
+
+@data_app.command("folder")
+@user_errors
+def data_folder(
+    root: Annotated[Path, typer.Argument(help="Folder with images/ (or images directly) and labels.csv|json.")],
+    run: RunOption = DEFAULT_RUN,
+    labels: Annotated[Optional[Path], typer.Option(help="Labels file (default ROOT/labels.csv or .json).")] = None,
+):
+    """Index your own images: a CSV (id,labels[,split]) or JSON labels file; optional masks/ for evaluation."""
+    from stages.core.runs import Run
+    from stages.prepare_data import data_folder as run_stage
+
+    run_stage(Run(run), root, labels)
+
+
+# ----------------------------------------------------------------------------------------------- train-cam
+@app.command("train-cam")
+@user_errors
+def train_cam(
+    run: RunOption = DEFAULT_RUN,
+    method: Annotated[str, typer.Option(help="CAM method: baseline.")] = "baseline",
+    backbone: Annotated[str, typer.Option(help="resnet10, resnet18, resnet34, resnet50 or resnet101.")] = "resnet10",
+    output_stride: Annotated[int, typer.Option(help="Backbone output stride: 8, 16 or 32.")] = 16,
+    pretrained: Annotated[str, typer.Option(help="none, imagenet (torchvision weights) or a weights file.")] = "none",
+    epochs: Annotated[int, typer.Option(min=1)] = 6,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option(help="Backbone learning rate (poly decay).")] = 0.1,
+    head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the new classifier.")] = 10.0,
+    weight_decay: float = 1e-4,
+    base_size: Annotated[int, typer.Option(help="Long side the scale augmentation is relative to.")] = 128,
+    crop_size: Annotated[int, typer.Option(help="Square training crop.")] = 112,
+    scale_range: Annotated[str, typer.Option(help="MIN,MAX random rescale of the long side.")] = "0.7,1.3",
+    train_split: str = "train",
+    val_split: Annotated[str, typer.Option(help="Split for the per-epoch mAP / F1 ('' for none).")] = "val",
+    workers: WorkersOption = 2,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+):
+    """Train the classifier (1x1 conv without bias + GAP + multilabel soft-margin loss) whose CAMs seed the rest."""
+    from stages.core.runs import Run
+    from stages.methods import CamModelConfig
+    from stages.train_cam import TrainCamConfig, train_cam as run_stage
+
+    config = TrainCamConfig(
+        method=method, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
+        train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, lr=lr,
+        head_lr_mult=head_lr_mult, weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
+        scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, seed=seed,
+    )
+    run_stage(Run(run), config)
+
+
+# ----------------------------------------------------------------------------------------------- infer-cam
+@app.command("infer-cam")
+@user_errors
+def infer_cam(
+    run: RunOption = DEFAULT_RUN,
+    split: str = "train",
+    scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = "1.0,0.5,1.5,2.0",
+    flip: Annotated[bool, typer.Option(help="Also run each scale's horizontal flip.")] = True,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    workers: WorkersOption = 1,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+):
+    """Write multi-scale, flipped, per-class max-normalised CAMs of a split to RUN/cams/SPLIT.h5."""
+    from stages.core.runs import Run
+    from stages.infer_cam import InferCamConfig, infer_cam as run_stage
+
+    config = InferCamConfig(split=split, scales=floats(scales, "--scales"), flip=flip, batch_size=batch_size,
+                            workers=workers, device=device, seed=seed)
+    run_stage(Run(run), config)
+
+
+# ----------------------------------------------------------------------------------------------- pseudo-label
+@app.command("pseudo-label")
+@user_errors
+def pseudo_label(
+    run: RunOption = DEFAULT_RUN,
+    split: str = "train",
+    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements: crf.")] = "crf",
+    fg_threshold: Annotated[float, typer.Option(help="Background score for confident foreground (IRN 0.30).")]
+    = 0.30,
+    bg_threshold: Annotated[float, typer.Option(help="Background score for confident background (IRN 0.05).")]
+    = 0.05,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = 2,
+):
+    """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
+    from stages.core.runs import Run
+    from stages.pseudo_label import PseudoLabelConfig, pseudo_label as run_stage
+
+    run_stage(Run(run), PseudoLabelConfig(split, refine, fg_threshold, bg_threshold, workers))
+
+
+# ----------------------------------------------------------------------------------------------- segment
+class Labels(str, Enum):
+    pseudo = "pseudo"
+    gt = "gt"
+
+
+@app.command("segment")
+@user_errors
+def segment(
+    run: RunOption = DEFAULT_RUN,
+    labels: Annotated[Labels, typer.Option(help="pseudo masks, or gt for the fully supervised upper bound.")]
+    = Labels.pseudo,
+    pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with.")] = "crf",
+    backbone: str = "resnet10",
+    output_stride: Annotated[int, typer.Option(help="8, 16 or 32.")] = 16,
+    pretrained: Annotated[str, typer.Option(help="none, imagenet or a weights file.")] = "none",
+    aspp_rates: Annotated[str, typer.Option(help="ASPP dilation rates.")] = "2,3,4",
+    epochs: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: float = 0.05,
+    head_lr_mult: float = 1.0,
+    weight_decay: float = 1e-4,
+    base_size: int = 128,
+    crop_size: int = 112,
+    scale_range: str = "0.7,1.3",
+    train_split: str = "train",
+    predict: Annotated[str, typer.Option(help="Splits to predict after training.")] = "val",
+    test_scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = "1.0",
+    test_flip: Annotated[bool, typer.Option(help="Average with the flipped prediction.")] = False,
+    crf: Annotated[bool, typer.Option(help="Dense CRF post-processing (DeepLab settings).")] = False,
+    workers: WorkersOption = 2,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+):
+    """Train a DeepLab segmenter on pseudo masks (or ground truth) and predict splits to RUN/segment/TAG/."""
+    from stages.core.runs import Run
+    from stages.models.deeplab import SegModelConfig
+    from stages.segment import SegmentConfig, segment as run_stage
+
+    model = SegModelConfig(backbone=backbone, output_stride=output_stride, pretrained=pretrained_value(pretrained),
+                           aspp_rates=ints(aspp_rates, "--aspp-rates"))
+    config = SegmentConfig(
+        labels=labels.value, pseudo=pseudo, model=model, train_split=train_split, predict_splits=names(predict),
+        epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
+        base_size=base_size, crop_size=crop_size, scale_range=pair(scale_range, "--scale-range"),
+        test_scales=floats(test_scales, "--test-scales"), test_flip=test_flip, crf=crf, workers=workers,
+        device=device, seed=seed,
+    )
+    run_stage(Run(run), config)
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+@app.command("evaluate")
+@user_errors
+def evaluate(
+    target: Annotated[str, typer.Argument(help="cams, pseudo/REFINE, segment/TAG (e.g. segment/gt), or a folder "
+                                               "of predicted PNG masks.")],
+    run: RunOption = DEFAULT_RUN,
+    split: str = "train",
+    per_class: Annotated[bool, typer.Option(help="Also print per-class IoU / precision / recall.")] = False,
+):
+    """mIoU, per-class IoU, precision and recall; for CAMs a background-threshold sweep. JSON in RUN/eval/."""
+    from stages.core.console import console
+    from stages.core.runs import Run
+    from stages.evaluate import EvaluateConfig, evaluate_target, per_class_table, results_table
+
+    result = evaluate_target(Run(run), target, EvaluateConfig(split=split))
+    console.print(results_table([result]))
+    if per_class:
+        console.print(per_class_table(result))
+
+
+# ----------------------------------------------------------------------------------------------- report
+@app.command("report")
+@user_errors
+def report(
+    run: RunOption = DEFAULT_RUN,
+    split: str = "train",
+    pseudo: Annotated[str, typer.Option(help="Pseudo masks to show (their --refine).")] = "crf",
+    segment_tag: Annotated[str, typer.Option("--segment", help="Segmenter whose predictions to show.")]
+    = "pseudo-crf",
+    samples: Annotated[int, typer.Option(min=1)] = 12,
+    seed: SeedOption = 0,
+):
+    """Write RUN/report.html: metrics, timings and image | GT | CAM | pseudo mask | prediction overlays."""
+    from stages.core.console import console
+    from stages.core.runs import Run
+    from stages.report import ReportConfig, build_report
+
+    the_run = Run(run)
+
+    def existing(path: Path) -> Optional[Path]:
+        return path if path.exists() else None
+
+    path = build_report(
+        the_run, ReportConfig(split=split, num_samples=samples, seed=seed),
+        cam_file=existing(the_run.path("cams", f"{split}.h5")),
+        mask_dir=existing(the_run.path("pseudo", pseudo.replace(",", "+"))),
+        prediction_dir=existing(the_run.path("segment", segment_tag, f"pred_{split}")),
+    )
+    console.print(f"report written to {path}")
+
+
+# ----------------------------------------------------------------------------------------------- summary
+@app.command("summary")
+@user_errors
+def summary(run: RunOption = DEFAULT_RUN):
+    """Print the run's results and stage timings (from its manifest and RUN/eval/)."""
+    from stages.core.console import console
+    from stages.core.runs import Run
+    from stages.summary import summary_tables
+
+    for table in summary_tables(Run(run)):
+        console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    sys.exit(app())

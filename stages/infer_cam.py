@@ -33,6 +33,7 @@ class InferCamConfig:
     batch_size: int = 16
     workers: int = 1
     device: str = "auto"
+    amp: bool = True
     seed: int = 0
 
 
@@ -66,7 +67,7 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
                        config={"infer": asdict(config), "train": train_config}) as writer, progress_bar() as bar:
             task = bar.add_task("infer-cam", total=len(samples), status="")
             for batch_samples, images in same_size_batches(samples, config.batch_size, config.workers):
-                cams = fused_cams(model, images.to(device), config.scales, config.flip, device)
+                cams = fused_cams(model, images.to(device), config.scales, config.flip, device, config.amp)
                 for sample, sample_cams in zip(batch_samples, cams):
                     classes = np.array(sample.labels, dtype=np.int64)
                     writer.write(sample.id, normalise_per_class(sample_cams[classes - 1]), classes)
@@ -77,7 +78,7 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
 
 
 @torch.inference_mode()
-def fused_cams(model, images: torch.Tensor, scales, flip: bool, device: torch.device) -> np.ndarray:
+def fused_cams(model, images: torch.Tensor, scales, flip: bool, device: torch.device, amp: bool = True) -> np.ndarray:
     """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised."""
     height, width = images.shape[-2:]
     total = None
@@ -85,7 +86,7 @@ def fused_cams(model, images: torch.Tensor, scales, flip: bool, device: torch.de
         scaled = images if scale == 1.0 else F.interpolate(
             images, size=(round(height * scale), round(width * scale)), mode="bilinear", align_corners=False)
         batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-        with autocast(device):
+        with autocast(device, amp):
             cams = model.cams(batch.contiguous(memory_format=memory_format(device))).float()
         if flip:
             count = images.shape[0]

@@ -18,7 +18,7 @@ from .core.runs import DATASET_INDEX, Run
 from .data.folder import read_folder
 from .data.index import DatasetIndex
 from .data.synth import SynthConfig, generate
-from .data.voc import DEFAULT_SPLITS, read_voc
+from .data.voc import DEFAULT_SPLITS, find_voc_dir, read_voc
 
 
 def data_synth(run: Run, config: SynthConfig, out_dir: Path | None = None, workers: int = 2) -> DatasetIndex:
@@ -34,6 +34,7 @@ def data_synth(run: Run, config: SynthConfig, out_dir: Path | None = None, worke
 
 
 def data_voc(run: Run, root: Path, splits: Sequence[str] = DEFAULT_SPLITS, workers: int = 8) -> DatasetIndex:
+    find_voc_dir(root)  # a wrong path fails before any progress bar is drawn
     with run.stage("data", {"source": "voc", "root": str(root), "splits": list(splits)}) as record:
         with progress_bar() as bar:
             task = bar.add_task("data voc", total=None, status="reading masks")

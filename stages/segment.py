@@ -52,6 +52,7 @@ class SegmentConfig:
     crf: bool = False
     workers: int = 2
     device: str = "auto"
+    amp: bool = True
     seed: int = 0
 
     @property
@@ -108,7 +109,8 @@ def segment(run: Run, config: SegmentConfig) -> dict:
         console.print(f"segment: {config.model.backbone} OS{config.model.output_stride} on {len(samples)} images "
                       f"with {config.labels} labels{'' if mask_dir is None else ' from ' + mask_dir}, device {device}")
         model.train()
-        history = train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, losses_fn=losses,
+        history = train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, amp=config.amp,
+                               losses_fn=losses,
                                on_epoch_end=lambda epoch, log: log_epoch(epoch, config.epochs, log),
                                description=f"segment {config.tag}")
         save_checkpoint(out_dir / "checkpoint.pt", kind="segmenter", config=asdict(config),
@@ -148,7 +150,7 @@ def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, devic
                     save_mask(path, probs.argmax(axis=0).astype(np.uint8))
             bar.update(task, advance=len(batch_samples))
     if crf_jobs:
-        with multiprocessing.get_context("fork").Pool(config.workers) as pool, progress_bar() as bar:
+        with multiprocessing.get_context("fork").Pool(max(config.workers, 1)) as pool, progress_bar() as bar:
             task = bar.add_task("crf", total=len(crf_jobs), status="")
             for _ in pool.imap_unordered(_crf_and_save, crf_jobs, chunksize=4):
                 bar.update(task, advance=1)
@@ -162,7 +164,7 @@ def _multi_scale_softmax(model, images: torch.Tensor, config: SegmentConfig, dev
             images, size=(round(height * scale), round(width * scale)), mode="bilinear", align_corners=False)
         views = [scaled, scaled.flip(-1)] if config.test_flip else [scaled]
         for view_index, view in enumerate(views):
-            with autocast(device):
+            with autocast(device, config.amp):
                 logits = model(view.contiguous(memory_format=memory_format(device))).float()
             if view_index == 1:
                 logits = logits.flip(-1)

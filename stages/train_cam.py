@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from .core.checkpoint import save_checkpoint
 from .core.console import console
-from .core.device import memory_format, resolve_device, seed_everything
+from .core.device import autocast, memory_format, resolve_device, seed_everything
 from .core.errors import UserError
 from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs
@@ -39,6 +39,7 @@ class TrainCamConfig:
     scale_range: tuple[float, float] = (0.7, 1.3)
     workers: int = 2
     device: str = "auto"
+    amp: bool = True
     seed: int = 0
 
 
@@ -70,7 +71,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
 
     def on_epoch_end(epoch: int, log: dict[str, float]) -> None:
         if val_samples:
-            log.update(classification_metrics(model, val_set, device, config.batch_size))
+            log.update(classification_metrics(model, val_set, device, config.batch_size, config.amp))
         epoch_metrics.append(dict(log))
         log_epoch(epoch, config.epochs, log)
         model.train()
@@ -80,7 +81,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
         console.print(f"train-cam: {config.method} on {len(train_samples)} {config.train_split} images, "
                       f"{config.model.backbone} OS{config.model.output_stride}, device {device}")
         model.train()
-        train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, losses_fn=losses,
+        train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, amp=config.amp, losses_fn=losses,
                      on_epoch_end=on_epoch_end, description="train-cam")
         final = epoch_metrics[-1]
         record.metrics = {k: round(v, 4) for k, v in final.items() if k in ("val_map", "val_f1")}
@@ -92,13 +93,16 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
 
 
 @torch.inference_mode()
-def classification_metrics(model, dataset: SplitDataset, device: torch.device, batch_size: int) -> dict[str, float]:
+def classification_metrics(model, dataset: SplitDataset, device: torch.device, batch_size: int,
+                           amp: bool) -> dict[str, float]:
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     scores, targets = [], []
     for batch in loader:
         images = batch["image"].to(device, memory_format=memory_format(device))
-        scores.append(torch.sigmoid(model(images).float()).cpu())
+        with autocast(device, amp):
+            logits = model(images).float()
+        scores.append(torch.sigmoid(logits).cpu())
         targets.append(batch["labels"])
     scores_np, targets_np = torch.cat(scores).numpy(), torch.cat(targets).numpy()
     return {"val_map": mean_average_precision(scores_np, targets_np),

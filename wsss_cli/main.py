@@ -22,7 +22,9 @@ data_app = typer.Typer(help="Make or read a dataset and write the run's dataset 
 app.add_typer(data_app, name="data")
 
 RunOption = Annotated[Path, typer.Option("--run", help="Run folder: where stages read inputs and write outputs.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda (CUDA uses AMP and channels_last).")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+AmpOption = Annotated[bool, typer.Option(help="Mixed precision: float16 on CUDA, bfloat16 on CPUs with native "
+                                               "bf16, else off.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 WorkersOption = Annotated[int, typer.Option(min=0, help="Worker processes for loading / CPU-bound work.")]
 DEFAULT_RUN = Path("runs/default")
@@ -174,6 +176,7 @@ def train_cam(
     val_split: Annotated[str, typer.Option(help="Split for the per-epoch mAP / F1 ('' for none).")] = "val",
     workers: WorkersOption = 2,
     device: DeviceOption = "auto",
+    amp: AmpOption = True,
     seed: SeedOption = 0,
 ):
     """Train the classifier (1x1 conv without bias + GAP + multilabel soft-margin loss) whose CAMs seed the rest."""
@@ -185,7 +188,7 @@ def train_cam(
         method=method, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
         train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
-        scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, seed=seed,
+        scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, amp=amp, seed=seed,
     )
     run_stage(Run(run), config)
 
@@ -201,6 +204,7 @@ def infer_cam(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     workers: WorkersOption = 1,
     device: DeviceOption = "auto",
+    amp: AmpOption = True,
     seed: SeedOption = 0,
 ):
     """Write multi-scale, flipped, per-class max-normalised CAMs of a split to RUN/cams/SPLIT.h5."""
@@ -208,7 +212,7 @@ def infer_cam(
     from stages.infer_cam import InferCamConfig, infer_cam as run_stage
 
     config = InferCamConfig(split=split, scales=floats(scales, "--scales"), flip=flip, batch_size=batch_size,
-                            workers=workers, device=device, seed=seed)
+                            workers=workers, device=device, amp=amp, seed=seed)
     run_stage(Run(run), config)
 
 
@@ -264,6 +268,7 @@ def segment(
     crf: Annotated[bool, typer.Option(help="Dense CRF post-processing (DeepLab settings).")] = False,
     workers: WorkersOption = 2,
     device: DeviceOption = "auto",
+    amp: AmpOption = True,
     seed: SeedOption = 0,
 ):
     """Train a DeepLab segmenter on pseudo masks (or ground truth) and predict splits to RUN/segment/TAG/."""
@@ -278,7 +283,7 @@ def segment(
         epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
         base_size=base_size, crop_size=crop_size, scale_range=pair(scale_range, "--scale-range"),
         test_scales=floats(test_scales, "--test-scales"), test_flip=test_flip, crf=crf, workers=workers,
-        device=device, seed=seed,
+        device=device, amp=amp, seed=seed,
     )
     run_stage(Run(run), config)
 

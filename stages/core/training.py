@@ -47,6 +47,7 @@ def train_epochs(
     optimizer: torch.optim.Optimizer,
     config: OptimConfig,
     device: torch.device,
+    amp: bool,
     losses_fn: Callable[[dict], dict[str, torch.Tensor]],
     on_epoch_end: Callable[[int, dict[str, float]], None],
     description: str,
@@ -55,7 +56,8 @@ def train_epochs(
 
     Returns one dict per epoch with the mean of each term and the epoch's seconds.
     """
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    # Loss scaling is for float16 only (CUDA); CPU autocast uses bfloat16, which has float32's range.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
     total_steps = config.epochs * len(loader)
     if total_steps == 0:
         raise UserError("nothing to train on: the training split is smaller than one batch")
@@ -70,7 +72,7 @@ def train_epochs(
             started = time.perf_counter()
             for batch in loader:
                 poly_lr(optimizer, step, total_steps, config.poly_power)
-                with autocast(device):
+                with autocast(device, amp):
                     terms = losses_fn(batch)
                     loss = sum(terms.values())
                 if not math.isfinite(loss.item()):

@@ -46,7 +46,7 @@ def crf_from_probabilities(image: np.ndarray, probabilities: np.ndarray, params:
 def _add_pairwise(crf, image: np.ndarray, params: CrfParams) -> None:
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=params.bilateral_compat)
+                             rgbim=np.array(image, dtype=np.uint8, order="C"), compat=params.bilateral_compat)
 
 
 def _map_labels(crf, iterations: int, num_labels: int, height: int, width: int) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""Backbones, the baseline CAM classifier, its loss, CAM fusion and the DeepLab segmenter."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stages.core.errors import UserError
+from stages.infer_cam import fused_cams, normalise_per_class
+from stages.methods import CamModelConfig, build_cam_model
+from stages.models.backbone import Backbone
+from stages.models.deeplab import DeepLab, SegModelConfig
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_backbone_output_stride(output_stride):
+    backbone = Backbone("resnet10", output_stride)
+    features = backbone(torch.zeros(1, 3, 64, 64))
+    # layer1 and layer2 keep strides 4 and 8; layer3 ends at stride min(OS, 16), layer4 at the output stride.
+    assert [f.shape[-1] for f in features] == [16, 8, 64 // min(output_stride, 16), 64 // output_stride]
+    assert [f.shape[1] for f in features] == backbone.channels
+
+
+def test_backbone_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown backbone"):
+        Backbone("vgg16")
+    with pytest.raises(UserError, match="no ImageNet weights"):
+        Backbone("resnet10", pretrained="imagenet")
+    with pytest.raises(UserError, match="does not exist"):
+        Backbone("resnet10", pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_backbone_loads_a_weights_file(tmp_path):
+    source = Backbone("resnet10", 32)
+    state = {f"{name.replace('stem.0', 'conv1').replace('stem.1', 'bn1')}": value
+             for name, value in source.state_dict().items()}
+    torch.save(state, tmp_path / "w.pth")
+    loaded = Backbone("resnet10", 16, pretrained=str(tmp_path / "w.pth"))
+    assert torch.equal(loaded.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
+    assert loaded.layer4[0].conv1.dilation == (2, 2)  # converted after loading, weights unchanged
+
+
+def test_baseline_loss_is_multilabel_soft_margin_on_pooled_cam():
+    torch.manual_seed(0)
+    model = build_cam_model("baseline", CamModelConfig(), num_classes=2).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(images)
+        # GAP commutes with the bias-free 1x1 classifier: logits are the mean of the raw class map.
+        raw_map = model.classifier(model.backbone(images)[-1])
+        torch.testing.assert_close(logits, raw_map.mean((2, 3)), rtol=1e-5, atol=1e-5)
+        loss = model.training_losses(images, torch.tensor([[1.0, 0.0]]))["cls"]
+    x0, x1 = logits[0].tolist()
+    by_hand = (math.log(1 + math.exp(-x0)) + math.log(1 + math.exp(x1))) / 2
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_multilabel_soft_margin_value_by_hand():
+    # softplus(-2) = 0.126928, softplus(-1) = 0.313262 (labels [1, 0], logits [2, -1])
+    loss = F.multilabel_soft_margin_loss(torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 0.0]]))
+    assert loss.item() == pytest.approx((0.126928 + 0.313262) / 2, abs=1e-6)
+
+
+def test_unknown_method_is_a_user_error():
+    with pytest.raises(UserError, match="unknown CAM method 'magic'"):
+        build_cam_model("magic", CamModelConfig(), 3)
+
+
+class ImageAsCam(torch.nn.Module):
+    """A stand-in model whose 'CAM' of class c is channel c of the input, at the input resolution."""
+
+    def cams(self, images):
+        return torch.relu(images[:, :2])
+
+
+def test_fused_cams_flip_and_scales_are_aligned():
+    images = torch.rand(2, 3, 8, 8)
+    one = fused_cams(ImageAsCam(), images, scales=[1.0], flip=False, device=torch.device("cpu"))
+    flipped = fused_cams(ImageAsCam(), images, scales=[1.0], flip=True, device=torch.device("cpu"))
+    np.testing.assert_allclose(flipped, 2 * one, rtol=1e-6)  # the flip is undone before summing
+    multi = fused_cams(ImageAsCam(), images, scales=[1.0, 2.0], flip=False, device=torch.device("cpu"))
+    assert multi.shape == (2, 2, 8, 8)
+    # Up then down-sampling a constant image returns it: two scales of a constant map sum to twice it.
+    constant = torch.ones(1, 3, 8, 8)
+    np.testing.assert_allclose(fused_cams(ImageAsCam(), constant, [1.0, 2.0, 0.5], True, torch.device("cpu")),
+                               np.full((1, 2, 8, 8), 6.0), rtol=1e-5)
+
+
+def test_normalise_per_class_scales_each_class_to_one():
+    cams = np.array([[[0.0, 2.0], [-1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=np.float32)
+    normalised = normalise_per_class(cams)
+    np.testing.assert_allclose(normalised[0], [[0, 2 / (2 + 1e-5)], [0, 1 / (2 + 1e-5)]], rtol=1e-6)
+    assert np.all(normalised[1] == 0)  # an empty map stays empty instead of dividing by zero
+
+
+def test_deeplab_output_and_param_groups():
+    model = DeepLab(SegModelConfig(), num_classes=5).eval()
+    assert model(torch.zeros(2, 3, 64, 48)).shape == (2, 5, 64, 48)
+    backbone, head = model.param_groups()
+    assert {id(p) for p in backbone}.isdisjoint({id(p) for p in head})
+    assert len(backbone) + len(head) == len(list(model.parameters()))

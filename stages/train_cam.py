@@ -29,7 +29,7 @@ class TrainCamConfig:
     model: CamModelConfig = field(default_factory=CamModelConfig)
     train_split: str = "train"
     val_split: str = "val"
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 16
     lr: float = 0.1
     head_lr_mult: float = 10.0

@@ -11,6 +11,11 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from stages.core.errors import UserError
+from stages.data.synth import SynthConfig
+from stages.infer_cam import InferCamConfig
+from stages.pseudo_label import PseudoLabelConfig
+from stages.segment import SegmentConfig
+from stages.train_cam import TrainCamConfig
 
 app = typer.Typer(
     help="Weakly supervised semantic segmentation: image labels → CAMs → pseudo masks → segmenter → mIoU.",
@@ -28,11 +33,12 @@ AmpOption = Annotated[bool, typer.Option(help="Mixed precision: float16 on CUDA,
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 WorkersOption = Annotated[int, typer.Option(min=0, help="Worker processes for loading / CPU-bound work.")]
 DEFAULT_RUN = Path("runs/default")
+# Option defaults come from the stage configs, so the CLI and the Python API cannot disagree.
+SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
 
 
-class Pretrained(str, Enum):
-    none = "none"
-    imagenet = "imagenet"
+def joined(values) -> str:
+    return ",".join(str(v) for v in values)
 
 
 def user_errors(command: Callable) -> Callable:
@@ -89,27 +95,26 @@ def data_synth(
     out: Annotated[Optional[Path], typer.Option(help="Where to write the images (default RUN/synth). Reused if it "
                                                      "already holds the same config.")] = None,
     seed: SeedOption = 0,
-    num_train: Annotated[int, typer.Option(min=1, help="Training images.")] = 2000,
-    num_val: Annotated[int, typer.Option(min=1, help="Validation images.")] = 500,
-    image_size: Annotated[int, typer.Option(min=32, help="Square image side in pixels.")] = 128,
+    num_train: Annotated[int, typer.Option(min=1, help="Training images.")] = SYNTH.num_train,
+    num_val: Annotated[int, typer.Option(min=1, help="Validation images.")] = SYNTH.num_val,
+    image_size: Annotated[int, typer.Option(min=32, help="Square image side in pixels.")] = SYNTH.image_size,
     num_classes: Annotated[int, typer.Option(help="Foreground classes (even, 2-12): pairs share a body and "
-                                                  "differ by a small marker (partial activation).")] = 8,
-    objects: Annotated[str, typer.Option(help="MIN,MAX objects per image.")] = "1,3",
-    two_class_prob: Annotated[float, typer.Option(help="Probability of a second class in an image.")] = 0.4,
-    object_scale: Annotated[str, typer.Option(help="MIN,MAX object length as a fraction of the image.")] = "0.3,0.55",
+                                                  "differ by a small marker (partial activation).")] = SYNTH.num_classes,
+    objects: Annotated[str, typer.Option(help="MIN,MAX objects per image.")] = joined(SYNTH.objects_per_image),
+    two_class_prob: Annotated[float, typer.Option(help="Probability of a second class in an image.")] = SYNTH.two_class_prob,
+    object_scale: Annotated[str, typer.Option(help="MIN,MAX object length as a fraction of the image.")] = joined(SYNTH.object_scale),
     context_classes: Annotated[str, typer.Option(help="Classes shown on a typical background context "
-                                                      "(over-activation), comma-separated.")] = "boat,car,train",
-    context_prob: Annotated[float, typer.Option(help="How often a context class appears on its context.")] = 0.8,
+                                                      "(over-activation), comma-separated.")] = joined(SYNTH.context_classes),
+    context_prob: Annotated[float, typer.Option(help="How often a context class appears on its context.")] = SYNTH.context_prob,
     context_distractor_prob: Annotated[float, typer.Option(help="How often a context appears without its "
-                                                                "class.")] = 0.1,
-    occluder_prob: Annotated[float, typer.Option(help="Probability of an occluder drawn over objects.")] = 0.3,
-    colour_jitter: Annotated[float, typer.Option(help="Brightness/contrast/saturation jitter.")] = 0.1,
-    noise_std: Annotated[float, typer.Option(help="Gaussian pixel noise (0-255 scale).")] = 6.0,
-    jpeg_quality: Annotated[str, typer.Option(help="MIN,MAX JPEG quality.")] = "60,95",
+                                                                "class.")] = SYNTH.context_distractor_prob,
+    occluder_prob: Annotated[float, typer.Option(help="Probability of an occluder drawn over objects.")] = SYNTH.occluder_prob,
+    colour_jitter: Annotated[float, typer.Option(help="Brightness/contrast/saturation jitter.")] = SYNTH.colour_jitter,
+    noise_std: Annotated[float, typer.Option(help="Gaussian pixel noise (0-255 scale).")] = SYNTH.noise_std,
+    jpeg_quality: Annotated[str, typer.Option(help="MIN,MAX JPEG quality.")] = joined(SYNTH.jpeg_quality),
     workers: WorkersOption = 2,
 ):
     """Generate the synthetic benchmark (VOC layout, deterministic for a seed) and index it for the run."""
-    from stages.data.synth import SynthConfig
     from stages.prepare_data import data_synth as run_stage
     from stages.core.runs import Run
 
@@ -160,21 +165,21 @@ def data_folder(
 @user_errors
 def train_cam(
     run: RunOption = DEFAULT_RUN,
-    method: Annotated[str, typer.Option(help="CAM method: baseline.")] = "baseline",
-    backbone: Annotated[str, typer.Option(help="resnet10, resnet18, resnet34, resnet50 or resnet101.")] = "resnet10",
-    output_stride: Annotated[int, typer.Option(help="Backbone output stride: 8, 16 or 32.")] = 16,
-    pretrained: Annotated[str, typer.Option(help="none, imagenet (torchvision weights) or a weights file.")] = "none",
-    epochs: Annotated[int, typer.Option(min=1)] = 6,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    lr: Annotated[float, typer.Option(help="Backbone learning rate (poly decay).")] = 0.1,
-    head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the new classifier.")] = 10.0,
-    weight_decay: float = 1e-4,
-    base_size: Annotated[int, typer.Option(help="Long side the scale augmentation is relative to.")] = 128,
-    crop_size: Annotated[int, typer.Option(help="Square training crop.")] = 112,
-    scale_range: Annotated[str, typer.Option(help="MIN,MAX random rescale of the long side.")] = "0.7,1.3",
-    train_split: str = "train",
-    val_split: Annotated[str, typer.Option(help="Split for the per-epoch mAP / F1 ('' for none).")] = "val",
-    workers: WorkersOption = 2,
+    method: Annotated[str, typer.Option(help="CAM method: baseline.")] = CAM.method,
+    backbone: Annotated[str, typer.Option(help="resnet10, resnet18, resnet34, resnet50 or resnet101.")] = CAM.model.backbone,
+    output_stride: Annotated[int, typer.Option(help="Backbone output stride: 8, 16 or 32.")] = CAM.model.output_stride,
+    pretrained: Annotated[str, typer.Option(help="none, imagenet (torchvision weights) or a weights file.")] = CAM.model.pretrained,
+    epochs: Annotated[int, typer.Option(min=1)] = CAM.epochs,
+    batch_size: Annotated[int, typer.Option(min=1)] = CAM.batch_size,
+    lr: Annotated[float, typer.Option(help="Backbone learning rate (poly decay).")] = CAM.lr,
+    head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the new classifier.")] = CAM.head_lr_mult,
+    weight_decay: float = CAM.weight_decay,
+    base_size: Annotated[int, typer.Option(help="Long side the scale augmentation is relative to.")] = CAM.base_size,
+    crop_size: Annotated[int, typer.Option(help="Square training crop.")] = CAM.crop_size,
+    scale_range: Annotated[str, typer.Option(help="MIN,MAX random rescale of the long side.")] = joined(CAM.scale_range),
+    train_split: str = CAM.train_split,
+    val_split: Annotated[str, typer.Option(help="Split for the per-epoch mAP / F1 ('' for none).")] = CAM.val_split,
+    workers: WorkersOption = CAM.workers,
     device: DeviceOption = "auto",
     amp: AmpOption = True,
     seed: SeedOption = 0,
@@ -182,7 +187,7 @@ def train_cam(
     """Train the classifier (1x1 conv without bias + GAP + multilabel soft-margin loss) whose CAMs seed the rest."""
     from stages.core.runs import Run
     from stages.methods import CamModelConfig
-    from stages.train_cam import TrainCamConfig, train_cam as run_stage
+    from stages.train_cam import train_cam as run_stage
 
     config = TrainCamConfig(
         method=method, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
@@ -198,18 +203,18 @@ def train_cam(
 @user_errors
 def infer_cam(
     run: RunOption = DEFAULT_RUN,
-    split: str = "train",
-    scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = "1.0,0.5,1.5,2.0",
-    flip: Annotated[bool, typer.Option(help="Also run each scale's horizontal flip.")] = True,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    workers: WorkersOption = 1,
+    split: str = INFER.split,
+    scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = joined(INFER.scales),
+    flip: Annotated[bool, typer.Option(help="Also run each scale's horizontal flip.")] = INFER.flip,
+    batch_size: Annotated[int, typer.Option(min=1)] = INFER.batch_size,
+    workers: WorkersOption = INFER.workers,
     device: DeviceOption = "auto",
     amp: AmpOption = True,
     seed: SeedOption = 0,
 ):
     """Write multi-scale, flipped, per-class max-normalised CAMs of a split to RUN/cams/SPLIT.h5."""
     from stages.core.runs import Run
-    from stages.infer_cam import InferCamConfig, infer_cam as run_stage
+    from stages.infer_cam import infer_cam as run_stage
 
     config = InferCamConfig(split=split, scales=floats(scales, "--scales"), flip=flip, batch_size=batch_size,
                             workers=workers, device=device, amp=amp, seed=seed)
@@ -221,17 +226,17 @@ def infer_cam(
 @user_errors
 def pseudo_label(
     run: RunOption = DEFAULT_RUN,
-    split: str = "train",
-    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements: crf.")] = "crf",
+    split: str = PSEUDO.split,
+    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements: crf.")] = PSEUDO.refine,
     fg_threshold: Annotated[float, typer.Option(help="Background score for confident foreground (IRN 0.30).")]
-    = 0.30,
+    = PSEUDO.fg_threshold,
     bg_threshold: Annotated[float, typer.Option(help="Background score for confident background (IRN 0.05).")]
-    = 0.05,
-    workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = 2,
+    = PSEUDO.bg_threshold,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = PSEUDO.workers,
 ):
     """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
     from stages.core.runs import Run
-    from stages.pseudo_label import PseudoLabelConfig, pseudo_label as run_stage
+    from stages.pseudo_label import pseudo_label as run_stage
 
     run_stage(Run(run), PseudoLabelConfig(split, refine, fg_threshold, bg_threshold, workers))
 
@@ -248,25 +253,25 @@ def segment(
     run: RunOption = DEFAULT_RUN,
     labels: Annotated[Labels, typer.Option(help="pseudo masks, or gt for the fully supervised upper bound.")]
     = Labels.pseudo,
-    pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with.")] = "crf",
-    backbone: str = "resnet10",
-    output_stride: Annotated[int, typer.Option(help="8, 16 or 32.")] = 16,
-    pretrained: Annotated[str, typer.Option(help="none, imagenet or a weights file.")] = "none",
-    aspp_rates: Annotated[str, typer.Option(help="ASPP dilation rates.")] = "2,3,4",
-    epochs: Annotated[int, typer.Option(min=1)] = 8,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    lr: float = 0.05,
-    head_lr_mult: float = 1.0,
-    weight_decay: float = 1e-4,
-    base_size: int = 128,
-    crop_size: int = 112,
-    scale_range: str = "0.7,1.3",
-    train_split: str = "train",
-    predict: Annotated[str, typer.Option(help="Splits to predict after training.")] = "val",
-    test_scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = "1.0",
-    test_flip: Annotated[bool, typer.Option(help="Average with the flipped prediction.")] = False,
-    crf: Annotated[bool, typer.Option(help="Dense CRF post-processing (DeepLab settings).")] = False,
-    workers: WorkersOption = 2,
+    pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with.")] = SEG.pseudo,
+    backbone: str = SEG.model.backbone,
+    output_stride: Annotated[int, typer.Option(help="8, 16 or 32.")] = SEG.model.output_stride,
+    pretrained: Annotated[str, typer.Option(help="none, imagenet or a weights file.")] = SEG.model.pretrained,
+    aspp_rates: Annotated[str, typer.Option(help="ASPP dilation rates.")] = joined(SEG.model.aspp_rates),
+    epochs: Annotated[int, typer.Option(min=1)] = SEG.epochs,
+    batch_size: Annotated[int, typer.Option(min=1)] = SEG.batch_size,
+    lr: float = SEG.lr,
+    head_lr_mult: float = SEG.head_lr_mult,
+    weight_decay: float = SEG.weight_decay,
+    base_size: int = SEG.base_size,
+    crop_size: int = SEG.crop_size,
+    scale_range: str = joined(SEG.scale_range),
+    train_split: str = SEG.train_split,
+    predict: Annotated[str, typer.Option(help="Splits to predict after training.")] = joined(SEG.predict_splits),
+    test_scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = joined(SEG.test_scales),
+    test_flip: Annotated[bool, typer.Option(help="Average with the flipped prediction.")] = SEG.test_flip,
+    crf: Annotated[bool, typer.Option(help="Dense CRF post-processing (DeepLab settings).")] = SEG.crf,
+    workers: WorkersOption = SEG.workers,
     device: DeviceOption = "auto",
     amp: AmpOption = True,
     seed: SeedOption = 0,
@@ -274,7 +279,7 @@ def segment(
     """Train a DeepLab segmenter on pseudo masks (or ground truth) and predict splits to RUN/segment/TAG/."""
     from stages.core.runs import Run
     from stages.models.deeplab import SegModelConfig
-    from stages.segment import SegmentConfig, segment as run_stage
+    from stages.segment import segment as run_stage
 
     model = SegModelConfig(backbone=backbone, output_stride=output_stride, pretrained=pretrained_value(pretrained),
                            aspp_rates=ints(aspp_rates, "--aspp-rates"))

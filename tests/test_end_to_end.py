@@ -1,0 +1,111 @@
+"""A tiny run of every stage through the CLI, checking the artifacts each one leaves."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stages.core.io import load_mask
+from stages.data.index import DatasetIndex
+from wsss_cli.main import app
+
+runner = CliRunner()
+TINY_TRAINING = ["--epochs", "1", "--batch-size", "8", "--base-size", "64", "--crop-size", "56", "--workers", "0"]
+
+
+def wsss(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    wsss("data", "synth", "--run", run, "--num-train", 24, "--num-val", 8, "--image-size", 64, "--workers", 1)
+    wsss("train-cam", "--run", run, *TINY_TRAINING)
+    wsss("infer-cam", "--run", run, "--split", "train", "--scales", "1.0,0.5", "--workers", 0)
+    wsss("evaluate", "cams", "--run", run, "--split", "train")
+    for refine in ("none", "crf"):
+        wsss("pseudo-label", "--run", run, "--refine", refine)
+        wsss("evaluate", f"pseudo/{refine}", "--run", run, "--split", "train")
+    wsss("segment", "--run", run, "--labels", "pseudo", "--pseudo", "crf", "--predict", "val,train", *TINY_TRAINING)
+    wsss("segment", "--run", run, "--labels", "gt", "--predict", "val", "--crf", *TINY_TRAINING)
+    for tag in ("pseudo-crf", "gt"):
+        wsss("evaluate", f"segment/{tag}", "--run", run, "--split", "val")
+    wsss("report", "--run", run, "--split", "train", "--samples", 4)
+    return run
+
+
+def test_manifest_lists_every_stage_with_outputs(run_dir):
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    for key in ("data", "train-cam", "infer-cam/train", "pseudo-label/none", "pseudo-label/crf", "segment/pseudo-crf",
+                "segment/gt", "evaluate/cams_train", "evaluate/segment-gt_val", "report"):
+        assert key in stages, key
+        assert stages[key]["seconds"] >= 0
+    assert stages["train-cam"]["outputs"] == ["cam/checkpoint.pt"]
+    assert 0 <= stages["train-cam"]["metrics"]["val_map"] <= 1
+
+
+def test_cam_file_has_one_map_per_labelled_class(run_dir):
+    index = DatasetIndex.load(run_dir / "dataset.json")
+    with h5py.File(run_dir / "cams" / "train.h5") as file:
+        assert file.attrs["schema"] == "wsss.cams" and json.loads(file.attrs["scales"]) == [1.0, 0.5]
+        assert json.loads(file.attrs["class_names"]) == index.class_names
+        assert json.loads(file.attrs["config"])["train"]["method"] == "baseline"
+        for sample in index.split("train"):
+            cams = file["cams"][sample.id]
+            assert list(cams.attrs["classes"]) == list(sample.labels)
+            assert cams.shape == (len(sample.labels), 64, 64) and cams.dtype == np.float16
+            values = cams[()].astype(np.float32)
+            assert values.min() >= 0 and values.max() <= 1.0
+            peaks = values.reshape(len(sample.labels), -1).max(1)
+            # max-normalised per class: peak m / (m + 1e-5), near 1 unless the raw map is near 0 (tiny model)
+            assert np.all(np.isclose(peaks, 1.0, atol=0.01) | (peaks == 0))
+
+
+def test_pseudo_masks_only_use_the_images_classes(run_dir):
+    index = DatasetIndex.load(run_dir / "dataset.json")
+    for sample in index.split("train"):
+        mask = load_mask(run_dir / "pseudo" / "crf" / f"{sample.id}.png")
+        assert mask.shape == (64, 64)
+        assert set(np.unique(mask)) <= {0, 255, *sample.labels}
+
+
+def test_predictions_and_evaluations_exist(run_dir):
+    index = DatasetIndex.load(run_dir / "dataset.json")
+    for sample in index.split("val"):
+        prediction = load_mask(run_dir / "segment" / "gt" / "pred_val" / f"{sample.id}.png")
+        assert prediction.max() < len(index.class_names)
+    for name in ("cams_train", "pseudo-none_train", "pseudo-crf_train", "segment-pseudo-crf_val", "segment-gt_val"):
+        result = json.loads((run_dir / "eval" / f"{name}.json").read_text())
+        assert 0 <= result["miou"] <= 1, name
+    curve = json.loads((run_dir / "eval" / "cams_train.json").read_text())["curve"]
+    assert len(curve) == 61 and curve[0][0] == 0.0
+
+
+def test_report_and_summary(run_dir):
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 4 * 3
+    output = wsss("summary", "--run", run_dir)
+    assert "segmenter: pseudo-crf / ground truth" in output and "segment-gt_val" in output
+
+
+def test_training_is_reproducible_for_a_seed(run_dir, tmp_path):
+    """Same data, same seed: a second train-cam run gives the same weights."""
+    (tmp_path / "dataset.json").write_text((run_dir / "dataset.json").read_text())
+    wsss("train-cam", "--run", tmp_path, *TINY_TRAINING)
+    first = torch.load(run_dir / "cam" / "checkpoint.pt", weights_only=True)["state_dict"]
+    second = torch.load(tmp_path / "cam" / "checkpoint.pt", weights_only=True)["state_dict"]
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+def test_pseudo_labels_are_reproducible(run_dir):
+    before = {p.name: p.read_bytes() for p in (run_dir / "pseudo" / "crf").glob("*.png")}
+    wsss("pseudo-label", "--run", run_dir, "--refine", "crf")
+    after = {p.name: p.read_bytes() for p in (run_dir / "pseudo" / "crf").glob("*.png")}
+    assert before == after

@@ -33,8 +33,6 @@ all: $(STAMP)
 	$(WSSS) evaluate pseudo/crf --run $(RUN) --split train
 	$(WSSS) segment --run $(RUN) --labels pseudo --pseudo crf --predict val,train --seed $(SEED)
 	$(WSSS) evaluate segment/pseudo-crf --run $(RUN) --split val
-	$(WSSS) segment --run $(RUN) --labels gt --seed $(SEED)
-	$(WSSS) evaluate segment/gt --run $(RUN) --split val
 	$(WSSS) report --run $(RUN) --split train
 	$(WSSS) summary --run $(RUN)
 

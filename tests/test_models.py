@@ -28,7 +28,7 @@ def test_backbone_errors_are_user_errors(tmp_path):
         Backbone("vgg16")
     with pytest.raises(UserError, match="no ImageNet weights"):
         Backbone("resnet10", pretrained="imagenet")
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="weights file .*not found: .*missing.pth"):
         Backbone("resnet10", pretrained=str(tmp_path / "missing.pth"))
 
 
@@ -101,3 +101,22 @@ def test_deeplab_output_and_param_groups():
     backbone, head = model.param_groups()
     assert {id(p) for p in backbone}.isdisjoint({id(p) for p in head})
     assert len(backbone) + len(head) == len(list(model.parameters()))
+
+
+def test_imagenet_weights_load_when_available_and_fail_clearly_offline(monkeypatch):
+    import urllib.error
+
+    from stages.models import backbone as backbone_module
+
+    weights = backbone_module.ARCHITECTURES["resnet18"][2].DEFAULT
+    reference = backbone_module.resnet.resnet18()
+    monkeypatch.setattr(type(weights), "get_state_dict", lambda self, progress=False: reference.state_dict())
+    loaded = Backbone("resnet18", 16, pretrained="imagenet")
+    assert torch.equal(loaded.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+
+    def offline(self, progress=False):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(type(weights), "get_state_dict", offline)
+    with pytest.raises(UserError, match="cannot load ImageNet weights for resnet18.*--pretrained PATH"):
+        Backbone("resnet18", 16, pretrained="imagenet")

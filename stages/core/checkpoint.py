@@ -29,15 +29,20 @@ def save_checkpoint(path: str | Path, *, kind: str, config: dict[str, Any], clas
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
-    """Load a checkpoint of `kind` ("cam" or "segmenter"); weights_only, so a file can never run code."""
+def safe_load(path: str | Path, what: str) -> Any:
+    """torch.load with weights_only=True, so a file can never run code; unreadable → one-line UserError."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"cannot read checkpoint {path}: {error}") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle refusals, truncated zips, wrong formats: all "cannot read"
+        raise UserError(f"cannot read {what} {path}: {error}") from None
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+    """Load a checkpoint of `kind` ("cam" or "segmenter")."""
+    payload = safe_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path} is not a wsss checkpoint of version {CHECKPOINT_VERSION}")
     if payload.get("kind") != kind:

@@ -6,11 +6,10 @@ where a CPU must train two networks in minutes. It has no ImageNet weights.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from ..core.checkpoint import safe_load
 from ..core.errors import UserError
 from ..core.tv import torchvision
 
@@ -87,13 +86,7 @@ def load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
                 f"cannot load ImageNet weights for {name} ({type(error).__name__}: {error}); offline, put the "
                 f"file in $TORCH_HOME/hub/checkpoints or pass --pretrained PATH") from None
     else:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise UserError(f"--pretrained must be none, imagenet or a weights file; {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise UserError(f"cannot read weights file {path}: {error}") from None
+        state = safe_load(pretrained, "--pretrained weights file (or none / imagenet)")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -12,16 +12,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .core.camstore import CamWriter
 from .core.checkpoint import load_checkpoint, load_state
 from .core.console import console, progress_bar
-from .core.device import autocast, memory_format, resolve_device, seed_everything
+from .core.device import memory_format, resolve_device, seed_everything
 from .core.errors import UserError
 from .core.runs import Run
 from .data.loading import same_size_batches
 from .methods import CamModelConfig, build_cam_model
+from .models.multiscale import multi_scale_sum
 from .train_cam import CHECKPOINT
 
 
@@ -77,23 +77,9 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
     return record.metrics
 
 
-@torch.inference_mode()
 def fused_cams(model, images: torch.Tensor, scales, flip: bool, device: torch.device, amp: bool = True) -> np.ndarray:
     """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised."""
-    height, width = images.shape[-2:]
-    total = None
-    for scale in scales:
-        scaled = images if scale == 1.0 else F.interpolate(
-            images, size=(round(height * scale), round(width * scale)), mode="bilinear", align_corners=False)
-        batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-        with autocast(device, amp):
-            cams = model.cams(batch.contiguous(memory_format=memory_format(device))).float()
-        if flip:
-            count = images.shape[0]
-            cams = cams[:count] + cams[count:].flip(-1)
-        cams = F.interpolate(cams, size=(height, width), mode="bilinear", align_corners=False)
-        total = cams if total is None else total + cams
-    return total.cpu().numpy()
+    return multi_scale_sum(model.cams, images, scales, flip, device, amp).cpu().numpy()
 
 
 def normalise_per_class(cams: np.ndarray) -> np.ndarray:

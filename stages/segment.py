@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from .core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from .core.console import console, progress_bar
-from .core.device import autocast, memory_format, resolve_device, seed_everything
+from .core.device import memory_format, resolve_device, seed_everything
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask
 from .core.runs import Run
-from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs
+from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset, same_size_batches
 from .models.deeplab import DeepLab, SegModelConfig
+from .models.multiscale import multi_scale_sum
 from .pseudo_label import pseudo_mask_dir
 from .refine.crf import CrfParams, crf_from_probabilities
 
@@ -91,9 +91,7 @@ def segment(run: Run, config: SegmentConfig) -> dict:
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=True, mask_dir=mask_dir,
                              seed=config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        num_workers=config.workers, persistent_workers=config.workers > 0,
-                        pin_memory=device.type == "cuda", generator=generator)
+    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     model = DeepLab(config.model, len(dataset.class_names)).to(device, memory_format=memory_format(device))
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
     optimizer = make_optimizer(*model.param_groups(), optim)
@@ -157,18 +155,9 @@ def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, devic
 
 
 def _multi_scale_softmax(model, images: torch.Tensor, config: SegmentConfig, device) -> np.ndarray:
-    height, width = images.shape[-2:]
-    total = torch.zeros(images.shape[0], model.classifier.out_channels, height, width, device=device)
-    for scale in config.test_scales:
-        scaled = images if scale == 1.0 else F.interpolate(
-            images, size=(round(height * scale), round(width * scale)), mode="bilinear", align_corners=False)
-        views = [scaled, scaled.flip(-1)] if config.test_flip else [scaled]
-        for view_index, view in enumerate(views):
-            with autocast(device, config.amp):
-                logits = model(view.contiguous(memory_format=memory_format(device))).float()
-            if view_index == 1:
-                logits = logits.flip(-1)
-            total += F.softmax(F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False), 1)
+    """Class probabilities averaged over the test scales (and flips)."""
+    total = multi_scale_sum(model, images, config.test_scales, config.test_flip, device, config.amp,
+                            per_view=lambda logits: F.softmax(logits, dim=1))
     return (total / total.sum(1, keepdim=True)).cpu().numpy()
 
 

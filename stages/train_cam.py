@@ -16,7 +16,7 @@ from .core.console import console
 from .core.device import autocast, memory_format, resolve_device, seed_everything
 from .core.errors import UserError
 from .core.runs import Run
-from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs
+from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset
 from .methods import CamModelConfig, build_cam_model
 
@@ -53,9 +53,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
 
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        num_workers=config.workers, persistent_workers=config.workers > 0,
-                        pin_memory=device.type == "cuda", generator=generator)
+    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     model = build_cam_model(config.method, config.model, num_classes).to(device, memory_format=memory_format(device))
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
     optimizer = make_optimizer(*model.param_groups(), optim)

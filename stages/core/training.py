@@ -25,6 +25,13 @@ class OptimConfig:
     poly_power: float = 0.9
 
 
+def training_loader(dataset, batch_size: int, workers: int, device: torch.device,
+                    generator: torch.Generator) -> DataLoader:
+    """Shuffled (by the seeded generator), full batches only, pinned memory when feeding a GPU."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=generator)
+
+
 def make_optimizer(backbone_params, head_params, config: OptimConfig) -> torch.optim.SGD:
     return torch.optim.SGD(
         [

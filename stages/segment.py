@@ -21,7 +21,7 @@ from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask
 from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
-from .data.loading import Augment, SplitDataset, same_size_batches
+from .data.loading import Augment, SplitDataset, check_mask_sizes, same_size_batches
 from .models.deeplab import DeepLab, SegModelConfig
 from .models.multiscale import multi_scale_sum
 from .pseudo_label import pseudo_mask_dir
@@ -91,6 +91,7 @@ def segment(run: Run, config: SegmentConfig) -> dict:
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=True, mask_dir=mask_dir,
                              seed=config.seed)
+    check_mask_sizes(samples, train_set.mask_path)
     loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     model = DeepLab(config.model, len(dataset.class_names)).to(device, memory_format=memory_format(device))
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)

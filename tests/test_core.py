@@ -148,3 +148,17 @@ def test_manifest_records_successful_stages_only(tmp_path):
     assert stages["first"]["outputs"] == ["out.txt"] and stages["first"]["metrics"] == {"x": 0.5}
     with pytest.raises(UserError, match="wsss data synth"):
         run.dataset()
+
+
+def test_mask_size_check_names_the_file(tmp_path):
+    from stages.data.loading import check_mask_sizes
+
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.jpg")
+    save_mask(tmp_path / "a.png", np.zeros((6, 8), np.uint8))
+    save_mask(tmp_path / "b.png", np.zeros((5, 8), np.uint8))
+    sample = Sample("a", str(tmp_path / "a.jpg"), str(tmp_path / "a.png"), (1,))
+    check_mask_sizes([sample], lambda s: s.mask)  # same size: no error
+    with pytest.raises(UserError, match="b.png is 8x5 but image .*a.jpg is 8x6"):
+        check_mask_sizes([sample], lambda s: str(tmp_path / "b.png"))
+    with pytest.raises(UserError, match="cannot read mask or image of 'a'"):
+        check_mask_sizes([sample], lambda s: str(tmp_path / "missing.png"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX, load_image, load_mask
 from .index import Sample, check_sample_id
 
@@ -72,6 +74,20 @@ def random_crop(rng, image, mask, crop):
     if mask is not None:
         out_mask[y_crop:y_crop + h, x_crop:x_crop + w] = mask[y_image:y_image + h, x_image:x_image + w]
     return out_image, out_mask
+
+
+def check_mask_sizes(samples: list[Sample], mask_path: Callable[[Sample], str]) -> None:
+    """Every mask exists and has its image's size; checked up front (headers only), so a bad file is one clear
+    error before training instead of a failure inside a loader worker."""
+    for sample in samples:
+        path = mask_path(sample)
+        try:
+            with Image.open(path) as mask, Image.open(sample.image) as image:
+                if mask.size != image.size:
+                    raise UserError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but image {sample.image} is "
+                                    f"{image.size[0]}x{image.size[1]}")
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+            raise UserError(f"cannot read mask or image of {sample.id!r}: {error}") from None
 
 
 class SplitDataset(Dataset):

@@ -54,7 +54,8 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
     seed_everything(config.seed)
     train_config = checkpoint["config"]
     model_config = CamModelConfig(**{**train_config["model"], "pretrained": "none"})
-    model = build_cam_model(train_config["method"], model_config, dataset.num_classes)
+    model = build_cam_model(train_config["method"], model_config, dataset.num_classes,
+                            train_config.get("method_options"))
     load_state(model, checkpoint, checkpoint_path)
     model = model.to(device, memory_format=memory_format(device)).eval()
 

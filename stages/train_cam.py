@@ -26,6 +26,7 @@ CHECKPOINT = "cam/checkpoint.pt"
 @dataclass(frozen=True)
 class TrainCamConfig:
     method: str = "baseline"
+    method_options: dict[str, str] = field(default_factory=dict)  # the method's Options, as KEY=VALUE strings
     model: CamModelConfig = field(default_factory=CamModelConfig)
     train_split: str = "train"
     val_split: str = "val"
@@ -54,7 +55,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed)
     loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
-    model = build_cam_model(config.method, config.model, num_classes).to(device, memory_format=memory_format(device))
+    model = build_cam_model(config.method, config.model, num_classes, config.method_options).to(device, memory_format=memory_format(device))
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
     optimizer = make_optimizer(*model.param_groups(), optim)
 

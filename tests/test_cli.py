@@ -56,3 +56,9 @@ def test_cuda_without_a_gpu_is_a_user_error(tmp_path):
         pytest.skip("this machine has CUDA")
     invoke("data", "synth", "--run", tmp_path, "--num-train", 4, "--num-val", 2, "--image-size", 48)
     assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--device", "cuda"), "no CUDA device")
+
+
+def test_method_options_are_checked(tmp_path):
+    invoke("data", "synth", "--run", tmp_path, "--num-train", 4, "--num-val", 2, "--image-size", 48)
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--option", "novalue"), "KEY=VALUE")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "-o", "speed=3"), "has no option 'speed'")

@@ -120,3 +120,25 @@ def test_imagenet_weights_load_when_available_and_fail_clearly_offline(monkeypat
     monkeypatch.setattr(type(weights), "get_state_dict", offline)
     with pytest.raises(UserError, match="cannot load ImageNet weights for resnet18.*--pretrained PATH"):
         Backbone("resnet18", 16, pretrained="imagenet")
+
+
+def test_method_options_convert_types_and_reject_unknown_keys():
+    from dataclasses import dataclass
+
+    from stages.methods import method_options
+
+    @dataclass(frozen=True)
+    class Options:
+        scale: float = 0.5
+        steps: int = 3
+        flip: bool = False
+        sizes: tuple[int, ...] = (1, 2)
+
+    built = method_options(Options, {"scale": "0.25", "steps": "7", "flip": "yes", "sizes": "4,5,6"}, "demo")
+    assert built == Options(scale=0.25, steps=7, flip=True, sizes=(4, 5, 6))
+    with pytest.raises(UserError, match="method 'demo' has no option 'speed' \\(its options: scale, steps"):
+        method_options(Options, {"speed": "1"}, "demo")
+    with pytest.raises(UserError, match="option steps='many': expected a int"):
+        method_options(Options, {"steps": "many"}, "demo")
+    with pytest.raises(UserError, match="has no option 'x' \\(its options: none\\)"):
+        build_cam_model("baseline", CamModelConfig(), 3, {"x": "1"})

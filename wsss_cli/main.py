@@ -13,6 +13,7 @@ import typer
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
 from stages.infer_cam import InferCamConfig
+from stages.methods import CAM_METHODS
 from stages.pseudo_label import PseudoLabelConfig
 from stages.segment import SegmentConfig
 from stages.train_cam import TrainCamConfig
@@ -80,6 +81,16 @@ def pair(text: str, option: str) -> tuple[float, float]:
     values = floats(text, option)
     if len(values) != 2 or values[0] > values[1]:
         raise UserError(f"{option} takes LOW,HIGH with LOW <= HIGH, got {text!r}")
+    return values
+
+
+def key_values(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair_text in pairs:
+        key, separator, value = pair_text.partition("=")
+        if not separator or not key.strip():
+            raise UserError(f"--option takes KEY=VALUE, got {pair_text!r}")
+        values[key.strip()] = value.strip()
     return values
 
 
@@ -165,7 +176,9 @@ def data_folder(
 @user_errors
 def train_cam(
     run: RunOption = DEFAULT_RUN,
-    method: Annotated[str, typer.Option(help="CAM method: baseline.")] = CAM.method,
+    method: Annotated[str, typer.Option(help="CAM method: " + ", ".join(CAM_METHODS) + ".")] = CAM.method,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="A method hyper-parameter KEY=VALUE (repeatable); see the method's Options.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet10, resnet18, resnet34, resnet50 or resnet101.")] = CAM.model.backbone,
     output_stride: Annotated[int, typer.Option(help="Backbone output stride: 8, 16 or 32.")] = CAM.model.output_stride,
     pretrained: Annotated[str, typer.Option(help="none, imagenet (torchvision weights) or a weights file.")] = CAM.model.pretrained,
@@ -190,7 +203,7 @@ def train_cam(
     from stages.train_cam import train_cam as run_stage
 
     config = TrainCamConfig(
-        method=method, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
+        method=method, method_options=key_values(option or []), model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
         train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
         scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, amp=amp, seed=seed,

@@ -1,6 +1,7 @@
 """CAM training methods, plugged into `wsss train-cam --method NAME` by name.
 
-A method is an `nn.Module` built from a `CamModelConfig`, with:
+A method is an `nn.Module` class built as `Method(CamModelConfig, num_classes, Method.Options(...))`, with:
+  - `Options`: a frozen dataclass of the method's own hyper-parameters (`train-cam --option KEY=VALUE`);
   - `forward(images) -> logits (N, C)`: classification, used for validation mAP;
   - `training_losses(images, labels) -> dict[str, Tensor]`: the terms summed into the training loss;
   - `cams(images) -> (N, C, h, w)`: non-negative class activation maps, what `wsss infer-cam` fuses;
@@ -9,6 +10,10 @@ A method is an `nn.Module` built from a `CamModelConfig`, with:
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from ..core.errors import UserError
 from .baseline import BaselineCam, CamModelConfig
 
 CAM_METHODS = {
@@ -16,12 +21,40 @@ CAM_METHODS = {
 }
 
 
-def build_cam_model(method: str, config: CamModelConfig, num_classes: int):
-    from ..core.errors import UserError
-
+def build_cam_model(method: str, config: CamModelConfig, num_classes: int, options: dict[str, Any] | None = None):
     if method not in CAM_METHODS:
         raise UserError(f"unknown CAM method {method!r} (choose from {', '.join(CAM_METHODS)})")
-    return CAM_METHODS[method](config, num_classes)
+    model_class = CAM_METHODS[method]
+    return model_class(config, num_classes, method_options(model_class.Options, options or {}, method))
 
 
-__all__ = ["CAM_METHODS", "CamModelConfig", "build_cam_model"]
+def method_options(options_class, values: dict[str, Any], method: str):
+    """Build a method's Options from KEY=VALUE pairs, converting each value to the field's type."""
+    fields = {field.name: field for field in dataclasses.fields(options_class)}
+    converted = {}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(fields) or "none"
+            raise UserError(f"method {method!r} has no option {key!r} (its options: {known})")
+        default = getattr(options_class(), key)
+        converted[key] = _convert(value, default, key)
+    return options_class(**converted)
+
+
+def _convert(value: Any, default: Any, key: str) -> Any:
+    if not isinstance(value, str):
+        return type(default)(value) if not isinstance(default, tuple) else tuple(value)
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, tuple):
+            element = type(default[0]) if default else str
+            return tuple(element(part) for part in value.split(",") if part.strip())
+        return type(default)(value)
+    except ValueError:
+        raise UserError(f"option {key}={value!r}: expected a {type(default).__name__} like {default!r}") from None
+
+
+__all__ = ["CAM_METHODS", "CamModelConfig", "build_cam_model", "method_options"]

@@ -20,7 +20,11 @@ class CamModelConfig:
 
 
 class BaselineCam(nn.Module):
-    def __init__(self, config: CamModelConfig, num_classes: int):
+    @dataclass(frozen=True)
+    class Options:
+        """The baseline has no hyper-parameters of its own."""
+
+    def __init__(self, config: CamModelConfig, num_classes: int, options: Options = Options()):
         super().__init__()
         self.backbone = Backbone(config.backbone, config.output_stride, config.pretrained)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, kernel_size=1, bias=False)

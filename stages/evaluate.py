@@ -175,16 +175,18 @@ def _output_path(run: Run, name: str) -> Path:
 
 
 def evaluate_target(run: Run, target: str, config: EvaluateConfig) -> dict:
-    """Evaluate what `target` names in the run: `cams`, `pseudo/<refine>`, `segment/<tag>`, or a mask folder.
+    """Evaluate what `target` names in the run: `cams` (or `cams-raw`), `pseudo/<refine>`, `segment/<tag>`, or a
+    folder of masks.
 
     The result is named after the target and split, e.g. `cams_train`, `pseudo-crf_train`, `segment-gt_val`.
     """
     from .core.console import progress_bar
 
     split = config.split
-    if target == "cams":
-        path = run.require(f"cams/{split}.h5", f"run `wsss infer-cam --split {split}` first")
-        name, evaluate = f"cams_{split}", evaluate_cams
+    if target in ("cams", "cams-raw"):
+        suffix, flag = ("-raw", " --raw") if target == "cams-raw" else ("", "")
+        path = run.require(f"cams/{split}{suffix}.h5", f"run `wsss infer-cam --split {split}{flag}` first")
+        name, evaluate = f"{target}_{split}", evaluate_cams
     elif target.startswith("pseudo/"):
         refine = target.split("/", 1)[1].replace(",", "+")
         path = run.require(f"pseudo/{refine}", f"run `wsss pseudo-label --refine {refine} --split {split}` first")
@@ -197,7 +199,7 @@ def evaluate_target(run: Run, target: str, config: EvaluateConfig) -> dict:
         path = Path(target)
         name, evaluate = f"{path.name}_{split}", evaluate_masks
     else:
-        raise UserError(f"unknown evaluation target {target!r}: use cams, pseudo/REFINE, segment/TAG or a folder "
+        raise UserError(f"unknown evaluation target {target!r}: use cams, cams-raw, pseudo/REFINE, segment/TAG or a folder "
                         "of predicted masks")
     with progress_bar() as bar:
         task = bar.add_task(f"evaluate {name}", total=len(run.dataset().split(split)), status="")

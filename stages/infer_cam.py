@@ -30,6 +30,7 @@ class InferCamConfig:
     split: str = "train"
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
+    raw: bool = False  # methods that refine their CAMs (SEAM's PCM): write the unrefined ones instead
     batch_size: int = 16
     workers: int = 1
     device: str = "auto"
@@ -37,8 +38,8 @@ class InferCamConfig:
     seed: int = 0
 
 
-def cam_path(run: Run, split: str) -> str:
-    return str(run.path("cams", f"{split}.h5"))
+def cam_path(run: Run, split: str, raw: bool = False) -> str:
+    return str(run.path("cams", f"{split}-raw.h5" if raw else f"{split}.h5"))
 
 
 def infer_cam(run: Run, config: InferCamConfig) -> dict:
@@ -59,16 +60,18 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
     load_state(model, checkpoint, checkpoint_path)
     model = model.to(device, memory_format=memory_format(device)).eval()
 
-    output = cam_path(run, config.split)
-    with run.stage(f"infer-cam/{config.split}", asdict(config)) as record:
+    output = cam_path(run, config.split, config.raw)
+    cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams
+    with run.stage(f"infer-cam/{config.split}{'-raw' if config.raw else ''}", asdict(config)) as record:
         record.inputs += [run.path("dataset.json"), checkpoint_path]
         console.print(f"infer-cam: {len(samples)} {config.split} images, scales {list(config.scales)}, "
                       f"flip {config.flip}, device {device}")
         with CamWriter(output, class_names=dataset.class_names, split=config.split, scales=list(config.scales),
-                       config={"infer": asdict(config), "train": train_config}) as writer, progress_bar() as bar:
+                       config={"infer": asdict(config), "train": train_config},
+                       kind="cam_raw" if config.raw else "cam") as writer, progress_bar() as bar:
             task = bar.add_task("infer-cam", total=len(samples), status="")
             for batch_samples, images in same_size_batches(samples, config.batch_size, config.workers):
-                cams = fused_cams(model, images.to(device), config.scales, config.flip, device, config.amp)
+                cams = fused_cams(cam_function, images.to(device), config.scales, config.flip, device, config.amp)
                 for sample, sample_cams in zip(batch_samples, cams):
                     classes = np.array(sample.labels, dtype=np.int64)
                     writer.write(sample.id, normalise_per_class(sample_cams[classes - 1]), classes)
@@ -78,9 +81,10 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
     return record.metrics
 
 
-def fused_cams(model, images: torch.Tensor, scales, flip: bool, device: torch.device, amp: bool = True) -> np.ndarray:
+def fused_cams(cam_function, images: torch.Tensor, scales, flip: bool, device: torch.device,
+               amp: bool = True) -> np.ndarray:
     """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised."""
-    return multi_scale_sum(model.cams, images, scales, flip, device, amp).cpu().numpy()
+    return multi_scale_sum(cam_function, images, scales, flip, device, amp).cpu().numpy()
 
 
 def normalise_per_class(cams: np.ndarray) -> np.ndarray:

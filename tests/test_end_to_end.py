@@ -109,3 +109,19 @@ def test_pseudo_labels_are_reproducible(run_dir):
     wsss("pseudo-label", "--run", run_dir, "--refine", "crf")
     after = {p.name: p.read_bytes() for p in (run_dir / "pseudo" / "crf").glob("*.png")}
     assert before == after
+
+
+def test_seam_writes_refined_and_raw_cams(run_dir, tmp_path):
+    (tmp_path / "dataset.json").write_text((run_dir / "dataset.json").read_text())
+    wsss("train-cam", "--run", tmp_path, "--method", "seam", "-o", "view_scale=0.5", *TINY_TRAINING)
+    for extra, target in (([], "cams"), (["--raw"], "cams-raw")):
+        wsss("infer-cam", "--run", tmp_path, "--scales", "1.0", "--workers", 0, *extra)
+        wsss("evaluate", target, "--run", tmp_path, "--split", "train")
+    with h5py.File(tmp_path / "cams" / "train.h5") as refined, h5py.File(tmp_path / "cams" / "train-raw.h5") as raw:
+        assert refined.attrs["kind"] == "cam" and raw.attrs["kind"] == "cam_raw"
+        assert sorted(refined["cams"]) == sorted(raw["cams"])
+        # The PCM changes the maps (a tiny model leaves some all-zero, so look over every image).
+        assert any(not np.array_equal(refined["cams"][i][()], raw["cams"][i][()]) for i in refined["cams"])
+    stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert stages["train-cam"]["config"]["method_options"] == {"view_scale": "0.5"}
+    assert "evaluate/cams-raw_train" in stages

@@ -77,14 +77,14 @@ class ImageAsCam(torch.nn.Module):
 
 def test_fused_cams_flip_and_scales_are_aligned():
     images = torch.rand(2, 3, 8, 8)
-    one = fused_cams(ImageAsCam(), images, scales=[1.0], flip=False, device=torch.device("cpu"))
-    flipped = fused_cams(ImageAsCam(), images, scales=[1.0], flip=True, device=torch.device("cpu"))
+    one = fused_cams(ImageAsCam().cams, images, scales=[1.0], flip=False, device=torch.device("cpu"))
+    flipped = fused_cams(ImageAsCam().cams, images, scales=[1.0], flip=True, device=torch.device("cpu"))
     np.testing.assert_allclose(flipped, 2 * one, rtol=1e-6)  # the flip is undone before summing
-    multi = fused_cams(ImageAsCam(), images, scales=[1.0, 2.0], flip=False, device=torch.device("cpu"))
+    multi = fused_cams(ImageAsCam().cams, images, scales=[1.0, 2.0], flip=False, device=torch.device("cpu"))
     assert multi.shape == (2, 2, 8, 8)
     # Up then down-sampling a constant image returns it: two scales of a constant map sum to twice it.
     constant = torch.ones(1, 3, 8, 8)
-    np.testing.assert_allclose(fused_cams(ImageAsCam(), constant, [1.0, 2.0, 0.5], True, torch.device("cpu")),
+    np.testing.assert_allclose(fused_cams(ImageAsCam().cams, constant, [1.0, 2.0, 0.5], True, torch.device("cpu")),
                                np.full((1, 2, 8, 8), 6.0), rtol=1e-5)
 
 

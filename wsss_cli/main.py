@@ -219,6 +219,8 @@ def infer_cam(
     split: str = INFER.split,
     scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = joined(INFER.scales),
     flip: Annotated[bool, typer.Option(help="Also run each scale's horizontal flip.")] = INFER.flip,
+    raw: Annotated[bool, typer.Option(help="For methods that refine their CAMs (SEAM's PCM): write the raw CAMs "
+                                           "to RUN/cams/SPLIT-raw.h5 instead.")] = INFER.raw,
     batch_size: Annotated[int, typer.Option(min=1)] = INFER.batch_size,
     workers: WorkersOption = INFER.workers,
     device: DeviceOption = "auto",
@@ -229,7 +231,7 @@ def infer_cam(
     from stages.core.runs import Run
     from stages.infer_cam import infer_cam as run_stage
 
-    config = InferCamConfig(split=split, scales=floats(scales, "--scales"), flip=flip, batch_size=batch_size,
+    config = InferCamConfig(split=split, scales=floats(scales, "--scales"), flip=flip, raw=raw, batch_size=batch_size,
                             workers=workers, device=device, amp=amp, seed=seed)
     run_stage(Run(run), config)
 
@@ -310,7 +312,7 @@ def segment(
 @app.command("evaluate")
 @user_errors
 def evaluate(
-    target: Annotated[str, typer.Argument(help="cams, pseudo/REFINE, segment/TAG (e.g. segment/gt), or a folder "
+    target: Annotated[str, typer.Argument(help="cams, cams-raw, pseudo/REFINE, segment/TAG (e.g. segment/gt), or a folder "
                                                "of predicted PNG masks.")],
     run: RunOption = DEFAULT_RUN,
     split: str = "train",

@@ -15,9 +15,11 @@ from typing import Any
 
 from ..core.errors import UserError
 from .baseline import BaselineCam, CamModelConfig
+from .seam import SeamCam
 
 CAM_METHODS = {
     "baseline": BaselineCam,
+    "seam": SeamCam,
 }
 
 

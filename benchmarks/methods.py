@@ -33,7 +33,8 @@ def done(run: Path, key: str) -> bool:
     return manifest.exists() and key in json.loads(manifest.read_text())["stages"]
 
 
-def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Path, stop_after: str) -> None:
+def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Path, stop_after: str,
+                 raw_cams: bool) -> None:
     run_args = ["--run", str(run)]
     if not done(run, "data"):
         wsss("data", "synth", *run_args, "--out", str(data))
@@ -43,6 +44,9 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
     if not done(run, "evaluate/cams_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5")
         wsss("evaluate", "cams", *run_args, "--split", "train")
+    if raw_cams and not done(run, "evaluate/cams-raw_train"):
+        wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5", "--raw")
+        wsss("evaluate", "cams-raw", *run_args, "--split", "train")
     if stop_after == "cam":
         return
     if not done(run, "evaluate/pseudo-crf_train"):
@@ -59,7 +63,7 @@ def collect(run: Path) -> dict:
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     numbers = {"train_cam_epoch_seconds": stages["train-cam"]["metrics"]["epoch_seconds"],
                "classifier_val_map": stages["train-cam"]["metrics"].get("val_map")}
-    for name in ("cams_train", "pseudo-crf_train", "segment-pseudo-crf_val"):
+    for name in ("cams_train", "cams-raw_train", "pseudo-crf_train", "segment-pseudo-crf_val"):
         path = run / "eval" / f"{name}.json"
         if path.exists():
             numbers[f"{name}_miou"] = json.loads(path.read_text())["miou"]
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument("--methods", default="baseline", help="comma list; a variant is NAME:KEY=VALUE;KEY=VALUE")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--stop-after", choices=STAGES, default="segment")
+    parser.add_argument("--raw-cams", action="store_true", help="also infer and score the raw (unrefined) CAMs")
     parser.add_argument("--runs", type=Path, default=Path("runs/methods"))
     args = parser.parse_args()
     runs = args.runs if args.runs.is_absolute() else ROOT / args.runs
@@ -92,7 +97,7 @@ def main() -> None:
         per_seed = []
         for seed in seeds:
             run = runs / f"{spec.replace(':', '_').replace(';', '_').replace('=', '-')}-s{seed}"
-            run_pipeline(run, method, options, seed, runs / "synth", args.stop_after)
+            run_pipeline(run, method, options, seed, runs / "synth", args.stop_after, args.raw_cams)
             per_seed.append({"seed": seed, **collect(run)})
         results[spec] = {"seeds": per_seed, "summary": summarise([{k: v for k, v in s.items() if k != "seed"}
                                                                   for s in per_seed])}

@@ -12,7 +12,10 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import asdict, dataclass
 
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from .core.camstore import CamReader
 from .core.console import console, progress_bar
@@ -20,13 +23,16 @@ from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask, write_json
 from .core.runs import Run
 from .infer_cam import cam_path
-from .refine import Refinement, parse_refinements
+from .refine import Refinement, parse_refinements, refinement_names
+from .refine.pcm import check_pcm_checkpoint
+from .train_cam import CHECKPOINT
 
 
 @dataclass(frozen=True)
 class PseudoLabelConfig:
     split: str = "train"
     refine: str = "crf"
+    pcm_checkpoint: str = ""  # for --refine pcm: a SEAM checkpoint (default: the run's cam/checkpoint.pt)
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
     workers: int = 2
@@ -60,7 +66,10 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
     if not 0 <= config.bg_threshold <= config.fg_threshold <= 1:
         raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {config.bg_threshold} and "
                         f"{config.fg_threshold}")
-    parse_refinements(config.refine)  # fail on a bad name before any work
+    names = refinement_names(config.refine)  # fail on a bad name before any work
+    checkpoint = Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT)
+    if "pcm" in names:
+        check_pcm_checkpoint(checkpoint)  # in this process without building the model: workers build it
     dataset = run.dataset()
     samples = dataset.split(config.split)
     cam_file = run.require(f"cams/{config.split}.h5", f"run `wsss infer-cam --split {config.split}` first")
@@ -73,12 +82,13 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
     jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in samples]
 
     with run.stage(f"pseudo-label/{config.refine}", asdict(config)) as record:
-        record.inputs += [run.path("dataset.json"), cam_file]
+        record.inputs += [run.path("dataset.json"), cam_file] + ([checkpoint] if "pcm" in names else [])
         console.print(f"pseudo-label: {len(jobs)} images, refine {config.refine}, thresholds fg "
                       f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers")
         ignored = labelled = 0
         context = multiprocessing.get_context("fork")
-        with context.Pool(config.workers, _init_worker, (str(cam_file), config)) as pool, progress_bar() as bar:
+        with context.Pool(config.workers, _init_worker, (str(cam_file), config, checkpoint)) as pool, \
+                progress_bar() as bar:
             task = bar.add_task("pseudo-label", total=len(jobs), status="")
             for ignored_pixels, pixels in pool.imap_unordered(_label_one, jobs, chunksize=8):
                 ignored += ignored_pixels
@@ -93,11 +103,13 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
 _worker: dict = {}
 
 
-def _init_worker(cam_file: str, config: PseudoLabelConfig) -> None:
-    # Each process opens the HDF5 file itself: h5py handles must not cross a fork.
+def _init_worker(cam_file: str, config: PseudoLabelConfig, checkpoint: Path) -> None:
+    # Each process opens the HDF5 file and builds any network itself: h5py handles must not cross a fork, and
+    # one thread per process since the processes already fill the cores.
+    torch.set_num_threads(1)
     _worker["reader"] = CamReader(cam_file)
     _worker["config"] = config
-    _worker["refinements"] = parse_refinements(config.refine)
+    _worker["refinements"] = parse_refinements(config.refine, checkpoint)
 
 
 def _label_one(job: tuple[str, str, str]) -> tuple[int, int]:

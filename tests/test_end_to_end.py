@@ -125,3 +125,5 @@ def test_seam_writes_refined_and_raw_cams(run_dir, tmp_path):
     stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
     assert stages["train-cam"]["config"]["method_options"] == {"view_scale": "0.5"}
     assert "evaluate/cams-raw_train" in stages
+    wsss("pseudo-label", "--run", tmp_path, "--refine", "pcm,crf")
+    assert len(list((tmp_path / "pseudo" / "pcm+crf").glob("*.png"))) == 24

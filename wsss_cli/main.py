@@ -242,7 +242,10 @@ def infer_cam(
 def pseudo_label(
     run: RunOption = DEFAULT_RUN,
     split: str = PSEUDO.split,
-    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements: crf.")] = PSEUDO.refine,
+    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements applied in order: pcm "
+                                              "(SEAM's PCM), crf (dense CRF).")] = PSEUDO.refine,
+    pcm_checkpoint: Annotated[str, typer.Option(help="SEAM checkpoint for --refine pcm (default: the run's "
+                                                     "cam/checkpoint.pt).")] = PSEUDO.pcm_checkpoint,
     fg_threshold: Annotated[float, typer.Option(help="Background score for confident foreground (IRN 0.30).")]
     = PSEUDO.fg_threshold,
     bg_threshold: Annotated[float, typer.Option(help="Background score for confident background (IRN 0.05).")]
@@ -253,7 +256,8 @@ def pseudo_label(
     from stages.core.runs import Run
     from stages.pseudo_label import pseudo_label as run_stage
 
-    run_stage(Run(run), PseudoLabelConfig(split, refine, fg_threshold, bg_threshold, workers))
+    run_stage(Run(run), PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
+                                          fg_threshold=fg_threshold, bg_threshold=bg_threshold, workers=workers))
 
 
 # ----------------------------------------------------------------------------------------------- segment

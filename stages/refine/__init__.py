@@ -10,6 +10,9 @@ Steps run in the order given. The base class leaves both untouched, so each refi
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 
 from ..core.errors import UserError
@@ -25,14 +28,16 @@ class Refinement:
         return labels
 
 
-def _registry() -> dict[str, type[Refinement]]:
+def _registry() -> dict[str, Callable[[Path | None], Refinement]]:
+    """name → factory taking the CAM checkpoint (the PCM needs one; the CRF does not)."""
     from .crf import DenseCrf
+    from .pcm import PcmRefinement
 
-    return {"crf": DenseCrf}
+    return {"crf": lambda checkpoint: DenseCrf(), "pcm": lambda checkpoint: PcmRefinement(checkpoint)}
 
 
-def parse_refinements(spec: str) -> list[Refinement]:
-    """'none' → []; 'crf' → [DenseCrf()]; names separated by commas, each at most once."""
+def refinement_names(spec: str) -> list[str]:
+    """'none' → []; 'pcm,crf' → ['pcm', 'crf']; an unknown or repeated name is a one-line error."""
     names = [name.strip() for name in spec.split(",") if name.strip()]
     if names == ["none"]:
         return []
@@ -43,4 +48,9 @@ def parse_refinements(spec: str) -> list[Refinement]:
                         f"(choose none or a comma list of: {', '.join(registry)})")
     if len(set(names)) != len(names):
         raise UserError(f"refinement listed twice in {spec!r}")
-    return [registry[name]() for name in names]
+    return names
+
+
+def parse_refinements(spec: str, checkpoint: Path | None = None) -> list[Refinement]:
+    registry = _registry()
+    return [registry[name](checkpoint) for name in refinement_names(spec)]

@@ -1,0 +1,53 @@
+"""SEAM's Pixel Correlation Module as a pseudo-label refinement (`wsss pseudo-label --refine pcm`).
+
+The score stack (the background threshold and the CAMs) is carried through the pixel affinity that a SEAM
+checkpoint's PCM computes for the image, at the network's feature resolution, then upsampled back: the same
+operation SEAM applies to its own CAMs, here usable on CAMs from any method. Each affinity row sums to one, so
+the constant background row stays constant and only the CAMs are redistributed between similar pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.checkpoint import load_checkpoint, load_state
+from ..core.errors import UserError
+from ..data.loading import normalize
+from ..methods import CAM_METHODS, CamModelConfig, build_cam_model
+from ..methods.seam import apply_affinity
+from . import Refinement
+
+
+def check_pcm_checkpoint(path: Path) -> dict:
+    """The checkpoint's payload, or a one-line error if its method has no PCM (without building the model)."""
+    payload = load_checkpoint(path, "cam")
+    method = payload["config"]["method"]
+    if not hasattr(CAM_METHODS.get(method), "pcm_affinity"):
+        raise UserError(f"--refine pcm needs the checkpoint of a method with a PCM (seam); {path} is {method!r}")
+    return payload
+
+
+class PcmRefinement(Refinement):
+    name = "pcm"
+
+    def __init__(self, checkpoint: Path):
+        payload = check_pcm_checkpoint(checkpoint)
+        config = payload["config"]
+        self.model = build_cam_model(config["method"], CamModelConfig(**{**config["model"], "pretrained": "none"}),
+                                     len(payload["class_names"]) - 1, config.get("method_options"))
+        load_state(self.model, payload, checkpoint)
+        self.model.eval()
+
+    @torch.inference_mode()
+    def refine_scores(self, image: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        images = normalize(image)[None]
+        _, features = self.model.cam_and_features(images)
+        affinity = self.model.pcm_affinity(features, images)
+        small = F.interpolate(torch.from_numpy(scores)[None].float(), size=features[-1].shape[-2:], mode="bilinear",
+                              align_corners=False)
+        refined = apply_affinity(small, affinity)
+        return F.interpolate(refined, size=scores.shape[1:], mode="bilinear", align_corners=False)[0].numpy()

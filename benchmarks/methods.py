@@ -21,6 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
+README = ROOT / "README.md"
+MARKERS = ("<!-- bench:methods:start -->", "<!-- bench:methods:end -->")
+COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM (train)"),
+           ("pseudo-crf_train_miou", "pseudo masks, CRF (train)"), ("segment-pseudo-crf_val_miou", "segmenter (val)"))
 STAGES = ("cam", "pseudo", "segment")
 
 
@@ -103,14 +107,27 @@ def main() -> None:
                                                                   for s in per_seed])}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    baseline_epoch = results.get("baseline", {}).get("summary", {}).get("train_cam_epoch_seconds", {}).get("mean")
+    table = results_table(results)
+    print(table, file=sys.stderr)
+    text = README.read_text()
+    if MARKERS[0] in text:
+        start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+        README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+
+
+def results_table(results: dict) -> str:
+    """Markdown: mIoU mean ± sample std over seeds (n), and train-cam seconds per epoch (median over seeds)."""
+    header = "| method | seeds | " + " | ".join(title for _, title in COLUMNS) + " | train-cam s/epoch |"
+    lines = [header, "|---" * (len(COLUMNS) + 3) + "|"]
     for spec, result in results.items():
-        summary = result["summary"]
-        cells = [f"{key.removesuffix('_miou')} {100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
-                 for key, s in summary.items() if key.endswith("_miou")]
-        epoch = summary["train_cam_epoch_seconds"]["mean"]
-        ratio = f" ({epoch / baseline_epoch:.2f}x baseline)" if baseline_epoch else ""
-        print(f"{spec}: " + ", ".join(cells) + f", train-cam {epoch:.1f} s/epoch{ratio}", file=sys.stderr)
+        summary, seeds = result["summary"], [s["seed"] for s in result["seeds"]]
+        cells = []
+        for key, _ in COLUMNS:
+            s = summary.get(key)
+            cells.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} (n={s['n']})" if s else "–")
+        epochs = sorted(s["train_cam_epoch_seconds"] for s in result["seeds"])
+        lines.append(f"| {spec} | {','.join(map(str, seeds))} | " + " | ".join(cells) + f" | {epochs[len(epochs) // 2]:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

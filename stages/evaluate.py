@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from rich.table import Table
 
-from .core.camstore import CamReader
+from .core.camstore import CamReader, cam_file_name
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_mask, write_json
 from .core.runs import DATASET_INDEX, Run
@@ -184,8 +184,9 @@ def evaluate_target(run: Run, target: str, config: EvaluateConfig) -> dict:
 
     split = config.split
     if target in ("cams", "cams-raw"):
-        suffix, flag = ("-raw", " --raw") if target == "cams-raw" else ("", "")
-        path = run.require(f"cams/{split}{suffix}.h5", f"run `wsss infer-cam --split {split}{flag}` first")
+        raw = target == "cams-raw"
+        path = run.require(cam_file_name(split, raw),
+                           f"run `wsss infer-cam --split {split}{' --raw' if raw else ''}` first")
         name, evaluate = f"{target}_{split}", evaluate_cams
     elif target.startswith("pseudo/"):
         refine = target.split("/", 1)[1].replace(",", "+")

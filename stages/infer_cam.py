@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .core.camstore import CamWriter
+from .core.camstore import CamWriter, cam_file_name
 from .core.checkpoint import load_checkpoint, load_state
 from .core.console import console, progress_bar
 from .core.device import memory_format, resolve_device, seed_everything
@@ -38,10 +38,6 @@ class InferCamConfig:
     seed: int = 0
 
 
-def cam_path(run: Run, split: str, raw: bool = False) -> str:
-    return str(run.path("cams", f"{split}-raw.h5" if raw else f"{split}.h5"))
-
-
 def infer_cam(run: Run, config: InferCamConfig) -> dict:
     if not config.scales or any(s <= 0 for s in config.scales):
         raise UserError(f"scales must be positive numbers, got {list(config.scales)}")
@@ -60,7 +56,7 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
     load_state(model, checkpoint, checkpoint_path)
     model = model.to(device, memory_format=memory_format(device)).eval()
 
-    output = cam_path(run, config.split, config.raw)
+    output = run.path(cam_file_name(config.split, config.raw))
     cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams
     with run.stage(f"infer-cam/{config.split}{'-raw' if config.raw else ''}", asdict(config)) as record:
         record.inputs += [run.path("dataset.json"), checkpoint_path]

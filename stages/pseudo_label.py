@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import multiprocessing
 from dataclasses import asdict, dataclass
-
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core.camstore import CamReader
+from .core.camstore import CamReader, cam_file_name
 from .core.console import console, progress_bar
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask, write_json
 from .core.runs import Run
-from .infer_cam import cam_path
 from .refine import Refinement, parse_refinements, refinement_names
 from .refine.pcm import check_pcm_checkpoint
 from .train_cam import CHECKPOINT
@@ -72,7 +70,7 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
         check_pcm_checkpoint(checkpoint)  # in this process without building the model: workers build it
     dataset = run.dataset()
     samples = dataset.split(config.split)
-    cam_file = run.require(f"cams/{config.split}.h5", f"run `wsss infer-cam --split {config.split}` first")
+    cam_file = run.require(cam_file_name(config.split), f"run `wsss infer-cam --split {config.split}` first")
     with CamReader(cam_file) as reader:
         missing = [s.id for s in samples if s.id not in reader]
     if missing:

@@ -348,6 +348,7 @@ def report(
     """Write RUN/report.html: metrics, timings and image | GT | CAM | pseudo mask | prediction overlays."""
     from stages.core.console import console
     from stages.core.runs import Run
+    from stages.core.camstore import cam_file_name
     from stages.report import ReportConfig, build_report
 
     the_run = Run(run)
@@ -357,7 +358,7 @@ def report(
 
     path = build_report(
         the_run, ReportConfig(split=split, num_samples=samples, seed=seed),
-        cam_file=existing(the_run.path("cams", f"{split}.h5")),
+        cam_file=existing(the_run.path(cam_file_name(split))),
         mask_dir=existing(the_run.path("pseudo", pseudo.replace(",", "+"))),
         prediction_dir=existing(the_run.path("segment", segment_tag, f"pred_{split}")),
     )

@@ -86,12 +86,26 @@ class ConfusionMatrix:
         """Per class: correct / labelled as that class (NaN if never labelled)."""
         return _divide(np.diag(self.matrix), self.matrix.sum(axis=1))
 
+    def error_shares(self) -> dict[str, float]:
+        """Where the errors go (background is class 0): `missed`, the share of object pixels predicted
+        background (under-activation); `confused`, the share of object pixels given another object class
+        (e.g. the other class of a look-alike pair); `spill`, the share of pixels predicted as an object that
+        are background (over-activation, e.g. into a context such as water). NaN when undefined."""
+        objects = self.matrix[1:]
+        object_pixels = objects.sum()
+        predicted_object = self.matrix[:, 1:].sum()
+        shares = _divide(np.array([objects[:, 0].sum(), objects[:, 1:].sum() - np.trace(objects[:, 1:]),
+                                   self.matrix[0, 1:].sum()], dtype=np.float64),
+                         np.array([object_pixels, object_pixels, predicted_object], dtype=np.float64))
+        return dict(zip(("missed", "confused", "spill"), shares.tolist()))
+
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total else float("nan")
 
     def summary(self, class_names: list[str]) -> dict:
-        """JSON-ready metrics (fractions in [0, 1]; NaN becomes None)."""
+        """JSON-ready metrics (fractions in [0, 1]; NaN becomes None) and the pixel counts `confusion[gt][pred]`,
+        so that where the errors go (onto background, onto another class) can be read from the file."""
         if len(class_names) != self.num_classes:
             raise ValueError(f"{len(class_names)} class names for {self.num_classes} classes")
         iou, precision, recall = self.iou(), self.precision(), self.recall()
@@ -106,6 +120,8 @@ class ConfusionMatrix:
                 }
                 for index, name in enumerate(class_names)
             },
+            "errors": {kind: json_number(share) for kind, share in self.error_shares().items()},
+            "confusion": self.matrix.tolist(),
         }
 
 

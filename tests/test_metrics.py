@@ -54,6 +54,18 @@ def test_absent_class_is_nan_and_left_out_of_the_mean():
     assert summary["miou"] == 1.0 and summary["pixel_accuracy"] == 1.0
     assert summary["per_class"]["b"] == {"iou": None, "precision": None, "recall": None}
     assert summary["per_class"]["a"] == {"iou": 1.0, "precision": 1.0, "recall": 1.0}
+    assert summary["confusion"] == [[2, 0, 0], [0, 2, 0], [0, 0, 0]]  # rows: ground truth, columns: prediction
+
+
+def test_error_shares_split_object_pixels_into_missed_and_confused_and_predictions_into_spill():
+    matrix = ConfusionMatrix(3)
+    matrix.matrix[:] = [[50, 6, 4],   # background: 10 pixels predicted as objects (spill)
+                        [3, 10, 2],   # class a: 3 missed as background, 2 given class b
+                        [1, 5, 20]]   # class b: 1 missed, 5 given class a
+    shares = matrix.error_shares()
+    assert shares["missed"] == 4 / 41 and shares["confused"] == 7 / 41
+    assert shares["spill"] == 10 / (21 + 26)
+    assert matrix.summary(["background", "a", "b"])["errors"] == shares
 
 
 def test_empty_matrix_scores_nan():

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from .core.camstore import CamWriter, cam_file_name
-from .core.checkpoint import load_checkpoint, load_state
+from .core.checkpoint import load_checkpoint
 from .core.console import console, progress_bar
 from .core.device import memory_format, resolve_device, seed_everything
 from .core.errors import UserError
 from .core.runs import Run
 from .data.loading import same_size_batches
-from .methods import CamModelConfig, build_cam_model
+from .methods import cam_model_from_checkpoint
 from .models.multiscale import multi_scale_sum
 from .train_cam import CHECKPOINT
 
@@ -50,11 +50,7 @@ def infer_cam(run: Run, config: InferCamConfig) -> dict:
     device = resolve_device(config.device)
     seed_everything(config.seed)
     train_config = checkpoint["config"]
-    model_config = CamModelConfig(**{**train_config["model"], "pretrained": "none"})
-    model = build_cam_model(train_config["method"], model_config, dataset.num_classes,
-                            train_config.get("method_options"))
-    load_state(model, checkpoint, checkpoint_path)
-    model = model.to(device, memory_format=memory_format(device)).eval()
+    model = cam_model_from_checkpoint(checkpoint, checkpoint_path).to(device, memory_format=memory_format(device))
 
     output = run.path(cam_file_name(config.split, config.raw))
     cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams

@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from torch import nn
+
+from ..core.checkpoint import load_state
 from ..core.errors import UserError
 from .baseline import BaselineCam, CamModelConfig
 from .seam import SeamCam
@@ -28,6 +31,16 @@ def build_cam_model(method: str, config: CamModelConfig, num_classes: int, optio
         raise UserError(f"unknown CAM method {method!r} (choose from {', '.join(CAM_METHODS)})")
     model_class = CAM_METHODS[method]
     return model_class(config, num_classes, method_options(model_class.Options, options or {}, method))
+
+
+def cam_model_from_checkpoint(payload: dict[str, Any], path) -> nn.Module:
+    """The trained CAM model of a loaded `train-cam` checkpoint payload, in eval mode on the CPU (the weights
+    come from the checkpoint, so no pretrained backbone is fetched)."""
+    config = payload["config"]
+    model = build_cam_model(config["method"], CamModelConfig(**{**config["model"], "pretrained": "none"}),
+                            len(payload["class_names"]) - 1, config.get("method_options"))
+    load_state(model, payload, path)
+    return model.eval()
 
 
 def method_options(options_class, values: dict[str, Any], method: str):
@@ -59,4 +72,4 @@ def _convert(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"option {key}={value!r}: expected a {type(default).__name__} like {default!r}") from None
 
 
-__all__ = ["CAM_METHODS", "CamModelConfig", "build_cam_model", "method_options"]
+__all__ = ["CAM_METHODS", "CamModelConfig", "build_cam_model", "cam_model_from_checkpoint", "method_options"]

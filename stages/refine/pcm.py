@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.checkpoint import load_checkpoint, load_state
+from ..core.checkpoint import load_checkpoint
 from ..core.errors import UserError
 from ..data.loading import normalize
-from ..methods import CAM_METHODS, CamModelConfig, build_cam_model
+from ..methods import CAM_METHODS, cam_model_from_checkpoint
 from ..methods.seam import apply_affinity
 from . import Refinement
 
@@ -35,12 +35,7 @@ class PcmRefinement(Refinement):
     name = "pcm"
 
     def __init__(self, checkpoint: Path):
-        payload = check_pcm_checkpoint(checkpoint)
-        config = payload["config"]
-        self.model = build_cam_model(config["method"], CamModelConfig(**{**config["model"], "pretrained": "none"}),
-                                     len(payload["class_names"]) - 1, config.get("method_options"))
-        load_state(self.model, payload, checkpoint)
-        self.model.eval()
+        self.model = cam_model_from_checkpoint(check_pcm_checkpoint(checkpoint), checkpoint)
 
     @torch.inference_mode()
     def refine_scores(self, image: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -33,11 +33,17 @@ class PseudoLabelConfig:
     pcm_checkpoint: str = ""  # for --refine pcm: a SEAM checkpoint (default: the run's cam/checkpoint.pt)
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
+    raw: bool = False  # from the unrefined CAMs of `infer-cam --raw`; the masks go to pseudo/<refine>-raw
     workers: int = 2
 
+    @property
+    def mask_set(self) -> str:
+        """The masks' name: what `segment --pseudo` and `evaluate pseudo/NAME` take."""
+        return self.refine.replace(",", "+") + ("-raw" if self.raw else "")
 
-def pseudo_mask_dir(run: Run, refine: str) -> str:
-    return str(run.path("pseudo", refine.replace(",", "+")))
+
+def pseudo_mask_dir(run: Run, mask_set: str) -> str:
+    return str(run.path("pseudo", mask_set.replace(",", "+")))
 
 
 def make_pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, config: PseudoLabelConfig,
@@ -70,16 +76,17 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
         check_pcm_checkpoint(checkpoint)  # in this process without building the model: workers build it
     dataset = run.dataset()
     samples = dataset.split(config.split)
-    cam_file = run.require(cam_file_name(config.split), f"run `wsss infer-cam --split {config.split}` first")
+    cam_file = run.require(cam_file_name(config.split, config.raw),
+                           f"run `wsss infer-cam --split {config.split}{' --raw' if config.raw else ''}` first")
     with CamReader(cam_file) as reader:
         missing = [s.id for s in samples if s.id not in reader]
     if missing:
         raise UserError(f"{cam_file} has no CAM for {len(missing)} images of split {config.split} "
                         f"(e.g. {missing[0]}): re-run `wsss infer-cam --split {config.split}`")
-    out_dir = pseudo_mask_dir(run, config.refine)
+    out_dir = pseudo_mask_dir(run, config.mask_set)
     jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in samples]
 
-    with run.stage(f"pseudo-label/{config.refine}", asdict(config)) as record:
+    with run.stage(f"pseudo-label/{config.mask_set}", asdict(config)) as record:
         record.inputs += [run.path("dataset.json"), cam_file] + ([checkpoint] if "pcm" in names else [])
         console.print(f"pseudo-label: {len(jobs)} images, refine {config.refine}, thresholds fg "
                       f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers")

@@ -35,7 +35,7 @@ POSTPROCESS_CRF = CrfParams(gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67,
 @dataclass(frozen=True)
 class SegmentConfig:
     labels: str = "pseudo"  # "pseudo" (masks from `wsss pseudo-label`) or "gt" (upper bound)
-    pseudo: str = "crf"  # which pseudo masks: the --refine they were made with
+    pseudo: str = "crf"  # which pseudo masks: their set name (the --refine they were made with, + "-raw")
     model: SegModelConfig = field(default_factory=SegModelConfig)
     train_split: str = "train"
     predict_splits: tuple[str, ...] = ("val",)

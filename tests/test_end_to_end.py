@@ -127,3 +127,11 @@ def test_seam_writes_refined_and_raw_cams(run_dir, tmp_path):
     assert "evaluate/cams-raw_train" in stages
     wsss("pseudo-label", "--run", tmp_path, "--refine", "pcm,crf")
     assert len(list((tmp_path / "pseudo" / "pcm+crf").glob("*.png"))) == 24
+    # Pseudo masks from the raw CAMs are a set of their own, named -raw, and differ from the refined ones'.
+    wsss("pseudo-label", "--run", tmp_path, "--refine", "none", "--raw")
+    wsss("pseudo-label", "--run", tmp_path, "--refine", "none")
+    from_raw = {p.name: p.read_bytes() for p in (tmp_path / "pseudo" / "none-raw").glob("*.png")}
+    from_refined = {p.name: p.read_bytes() for p in (tmp_path / "pseudo" / "none").glob("*.png")}
+    assert len(from_raw) == 24 and from_raw.keys() == from_refined.keys() and from_raw != from_refined
+    wsss("evaluate", "pseudo/none-raw", "--run", tmp_path, "--split", "train")
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["pseudo-label/none-raw"]["config"]["raw"]

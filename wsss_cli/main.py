@@ -250,6 +250,8 @@ def pseudo_label(
     = PSEUDO.fg_threshold,
     bg_threshold: Annotated[float, typer.Option(help="Background score for confident background (IRN 0.05).")]
     = PSEUDO.bg_threshold,
+    raw: Annotated[bool, typer.Option("--raw", help="Use the unrefined CAMs of `infer-cam --raw`; the masks are "
+                                                    "named REFINE-raw (e.g. pseudo/crf-raw).")] = PSEUDO.raw,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = PSEUDO.workers,
 ):
     """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
@@ -257,7 +259,8 @@ def pseudo_label(
     from stages.pseudo_label import pseudo_label as run_stage
 
     run_stage(Run(run), PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
-                                          fg_threshold=fg_threshold, bg_threshold=bg_threshold, workers=workers))
+                                          fg_threshold=fg_threshold, bg_threshold=bg_threshold, raw=raw,
+                                          workers=workers))
 
 
 # ----------------------------------------------------------------------------------------------- segment
@@ -272,7 +275,7 @@ def segment(
     run: RunOption = DEFAULT_RUN,
     labels: Annotated[Labels, typer.Option(help="pseudo masks, or gt for the fully supervised upper bound.")]
     = Labels.pseudo,
-    pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with.")] = SEG.pseudo,
+    pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with (+ -raw if made with --raw).")] = SEG.pseudo,
     backbone: str = SEG.model.backbone,
     output_stride: Annotated[int, typer.Option(help="8, 16 or 32.")] = SEG.model.output_stride,
     pretrained: Annotated[str, typer.Option(help="none, imagenet or a weights file.")] = SEG.model.pretrained,

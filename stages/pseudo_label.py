@@ -34,12 +34,13 @@ class PseudoLabelConfig:
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
     raw: bool = False  # from the unrefined CAMs of `infer-cam --raw`; the masks go to pseudo/<refine>-raw
+    name: str = ""  # the mask set's name, to keep sets made with other thresholds apart (default: as above)
     workers: int = 2
 
     @property
     def mask_set(self) -> str:
         """The masks' name: what `segment --pseudo` and `evaluate pseudo/NAME` take."""
-        return self.refine.replace(",", "+") + ("-raw" if self.raw else "")
+        return self.name or self.refine.replace(",", "+") + ("-raw" if self.raw else "")
 
 
 def pseudo_mask_dir(run: Run, mask_set: str) -> str:
@@ -71,6 +72,8 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
         raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {config.bg_threshold} and "
                         f"{config.fg_threshold}")
     names = refinement_names(config.refine)  # fail on a bad name before any work
+    if "/" in config.mask_set or "\\" in config.mask_set or config.mask_set.startswith("."):
+        raise UserError(f"invalid mask set name {config.mask_set!r}: use a plain name such as `crf-fitted`")
     checkpoint = Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT)
     if "pcm" in names:
         check_pcm_checkpoint(checkpoint)  # in this process without building the model: workers build it

@@ -45,6 +45,7 @@ def test_bad_values_are_one_line_errors(tmp_path):
     assert_one_line_error(invoke("data", "synth", "--run", tmp_path, "--context-classes", "zebra"), "zebra")
     assert_one_line_error(invoke("data", "synth", "--run", tmp_path, "--object-scale", "0.5,0.1"), "--object-scale")
     assert_one_line_error(invoke("pseudo-label", "--run", tmp_path, "--refine", "magic"), "magic")
+    assert_one_line_error(invoke("pseudo-label", "--run", tmp_path, "--name", "../elsewhere"), "mask set name")
     assert_one_line_error(invoke("data", "voc", tmp_path / "nowhere", "--run", tmp_path), "nowhere")
     assert_one_line_error(invoke("evaluate", "bogus", "--run", tmp_path), "bogus")
 

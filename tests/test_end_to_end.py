@@ -134,4 +134,10 @@ def test_seam_writes_refined_and_raw_cams(run_dir, tmp_path):
     from_refined = {p.name: p.read_bytes() for p in (tmp_path / "pseudo" / "none").glob("*.png")}
     assert len(from_raw) == 24 and from_raw.keys() == from_refined.keys() and from_raw != from_refined
     wsss("evaluate", "pseudo/none-raw", "--run", tmp_path, "--split", "train")
+    # Another threshold into a set of its own name, leaving the first set as it was.
+    wsss("pseudo-label", "--run", tmp_path, "--refine", "none", "--raw", "--fg-threshold", "0.9",
+         "--name", "none-raw-strict")
+    strict = {p.name: p.read_bytes() for p in (tmp_path / "pseudo" / "none-raw-strict").glob("*.png")}
+    assert strict.keys() == from_raw.keys() and strict != from_raw
+    assert from_raw == {p.name: p.read_bytes() for p in (tmp_path / "pseudo" / "none-raw").glob("*.png")}
     assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["pseudo-label/none-raw"]["config"]["raw"]

@@ -252,6 +252,8 @@ def pseudo_label(
     = PSEUDO.bg_threshold,
     raw: Annotated[bool, typer.Option("--raw", help="Use the unrefined CAMs of `infer-cam --raw`; the masks are "
                                                     "named REFINE-raw (e.g. pseudo/crf-raw).")] = PSEUDO.raw,
+    name: Annotated[str, typer.Option(help="Name of the mask set, pseudo/NAME (default: REFINE, or REFINE-raw), "
+                                           "e.g. to keep masks made with other thresholds apart.")] = PSEUDO.name,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = PSEUDO.workers,
 ):
     """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
@@ -260,7 +262,7 @@ def pseudo_label(
 
     run_stage(Run(run), PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
                                           fg_threshold=fg_threshold, bg_threshold=bg_threshold, raw=raw,
-                                          workers=workers))
+                                          name=name, workers=workers))
 
 
 # ----------------------------------------------------------------------------------------------- segment

@@ -1,12 +1,14 @@
 """Compare CAM methods over several seeds on the synthetic benchmark: CAM, pseudo-mask and segmenter mIoU,
 and train-cam time per epoch, each as mean and spread. Results: `benchmarks/results/methods.json`.
 
-    python benchmarks/methods.py --methods baseline,seam --seeds 0,1,2 [--stop-after pseudo]
+    python benchmarks/methods.py --methods baseline,seam --seeds 0,1,2 [--stop-after pseudo] [--raw-cams]
+        [--fitted-thresholds]
 
 Each (method, seed) runs in its own folder `runs/methods/<method>-s<seed>/` with the pipeline of `make all`
 (CAM inference at 1.0/0.5/1.5 + flip, IRN thresholds, CRF pseudo masks, segmenter on them); all runs share one
 generated dataset. A finished stage is not re-run (its manifest entry exists), so the script can be resumed.
-Variants of a method are named `NAME:KEY=VALUE;KEY=VALUE` and passed to `train-cam -o`.
+Variants of a method are named `NAME:KEY=VALUE;KEY=VALUE`: each KEY=VALUE goes to `train-cam -o KEY=VALUE`,
+except keys spelled as train-cam flags (`--output-stride=8`), which are passed as `--output-stride 8`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stages.methods import CAM_METHODS  # noqa: E402
+
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
 README = ROOT / "README.md"
 MARKERS = ("<!-- bench:methods:start -->", "<!-- bench:methods:end -->")
 COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM (train)"),
-           ("pseudo-crf_train_miou", "pseudo masks, CRF (train)"), ("segment-pseudo-crf_val_miou", "segmenter (val)"))
+           ("pseudo-crf_train_miou", "pseudo masks, CRF (train)"),
+           ("pseudo-crf-raw_train_miou", "pseudo masks from raw CAMs, CRF (train)"),
+           ("pseudo-crf-fitted_train_miou", "pseudo masks, CRF, fitted fg thr. (train)"),
+           ("pseudo-crf-raw-fitted_train_miou", "pseudo masks from raw CAMs, CRF, fitted fg thr. (train)"),
+           ("segment-pseudo-crf_val_miou", "segmenter (val)"))
 STAGES = ("cam", "pseudo", "segment")
 
 
@@ -37,17 +47,34 @@ def done(run: Path, key: str) -> bool:
     return manifest.exists() and key in json.loads(manifest.read_text())["stages"]
 
 
+def fitted_pseudo_masks(run: Path, cams: str) -> None:
+    """Pseudo masks whose foreground threshold is the CAMs' best background threshold on train (read from
+    eval/<cams>_train.json, so it is fitted on ground truth), background threshold IRN's 0.05: set
+    `crf-fitted` (or `crf-raw-fitted`). Shows how much of a method's pseudo-mask score is IRN's fixed 0.30
+    fitting or not fitting its CAMs' calibration."""
+    mask_set = "crf-raw-fitted" if cams == "cams-raw" else "crf-fitted"
+    if done(run, f"evaluate/pseudo-{mask_set}_train"):
+        return
+    threshold = json.loads((run / "eval" / f"{cams}_train.json").read_text())["best_threshold"]
+    raw = ["--raw"] if cams == "cams-raw" else []
+    wsss("pseudo-label", "--run", str(run), "--refine", "crf", *raw, "--fg-threshold", str(threshold),
+         "--name", mask_set)
+    wsss("evaluate", f"pseudo/{mask_set}", "--run", str(run), "--split", "train")
+
+
 def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Path, stop_after: str,
-                 raw_cams: bool) -> None:
+                 raw_cams: bool, fitted: bool) -> None:
     run_args = ["--run", str(run)]
     if not done(run, "data"):
         wsss("data", "synth", *run_args, "--out", str(data))
     if not done(run, "train-cam"):
-        option_args = [arg for option in options for arg in ("-o", option)]
+        option_args = [arg for option in options
+                       for arg in (option.split("=", 1) if option.startswith("--") else ("-o", option))]
         wsss("train-cam", *run_args, "--method", method, *option_args, "--seed", str(seed))
     if not done(run, "evaluate/cams_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5")
         wsss("evaluate", "cams", *run_args, "--split", "train")
+    raw_cams = raw_cams and hasattr(CAM_METHODS[method], "raw_cams")  # only methods that refine their CAMs
     if raw_cams and not done(run, "evaluate/cams-raw_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5", "--raw")
         wsss("evaluate", "cams-raw", *run_args, "--split", "train")
@@ -56,6 +83,12 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
     if not done(run, "evaluate/pseudo-crf_train"):
         wsss("pseudo-label", *run_args, "--refine", "crf")
         wsss("evaluate", "pseudo/crf", *run_args, "--split", "train")
+    if raw_cams and not done(run, "evaluate/pseudo-crf-raw_train"):
+        wsss("pseudo-label", *run_args, "--refine", "crf", "--raw")
+        wsss("evaluate", "pseudo/crf-raw", *run_args, "--split", "train")
+    if fitted:
+        for cams in ("cams", "cams-raw") if raw_cams else ("cams",):
+            fitted_pseudo_masks(run, cams)
     if stop_after == "pseudo":
         return
     if not done(run, "evaluate/segment-pseudo-crf_val"):
@@ -67,10 +100,15 @@ def collect(run: Path) -> dict:
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     numbers = {"train_cam_epoch_seconds": stages["train-cam"]["metrics"]["epoch_seconds"],
                "classifier_val_map": stages["train-cam"]["metrics"].get("val_map")}
-    for name in ("cams_train", "cams-raw_train", "pseudo-crf_train", "segment-pseudo-crf_val"):
+    for name in ("cams_train", "cams-raw_train", "pseudo-crf_train", "pseudo-crf-raw_train", "pseudo-crf-fitted_train",
+                 "pseudo-crf-raw-fitted_train", "segment-pseudo-crf_val"):
         path = run / "eval" / f"{name}.json"
         if path.exists():
-            numbers[f"{name}_miou"] = json.loads(path.read_text())["miou"]
+            result = json.loads(path.read_text())
+            numbers[f"{name}_miou"] = result["miou"]
+            if "best_threshold" in result:
+                numbers[f"{name}_threshold"] = result["best_threshold"]
+            numbers.update({f"{name}_{kind}": share for kind, share in result.get("errors", {}).items()})
     return numbers
 
 
@@ -89,7 +127,10 @@ def main() -> None:
     parser.add_argument("--methods", default="baseline", help="comma list; a variant is NAME:KEY=VALUE;KEY=VALUE")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--stop-after", choices=STAGES, default="segment")
-    parser.add_argument("--raw-cams", action="store_true", help="also infer and score the raw (unrefined) CAMs")
+    parser.add_argument("--raw-cams", action="store_true", help="methods that refine their CAMs: also score the raw CAMs and pseudo masks made from them")
+    parser.add_argument("--fitted-thresholds", action="store_true",
+                        help="also make pseudo masks with the foreground threshold set to the CAMs' best "
+                             "background threshold on train (fitted on ground truth)")
     parser.add_argument("--runs", type=Path, default=Path("runs/methods"))
     args = parser.parse_args()
     runs = args.runs if args.runs.is_absolute() else ROOT / args.runs
@@ -101,7 +142,8 @@ def main() -> None:
         per_seed = []
         for seed in seeds:
             run = runs / f"{spec.replace(':', '_').replace(';', '_').replace('=', '-')}-s{seed}"
-            run_pipeline(run, method, options, seed, runs / "synth", args.stop_after, args.raw_cams)
+            run_pipeline(run, method, options, seed, runs / "synth", args.stop_after, args.raw_cams,
+                         args.fitted_thresholds)
             per_seed.append({"seed": seed, **collect(run)})
         results[spec] = {"seeds": per_seed, "summary": summarise([{k: v for k, v in s.items() if k != "seed"}
                                                                   for s in per_seed])}
@@ -116,13 +158,15 @@ def main() -> None:
 
 
 def results_table(results: dict) -> str:
-    """Markdown: mIoU mean ± sample std over seeds (n), and train-cam seconds per epoch (median over seeds)."""
-    header = "| method | seeds | " + " | ".join(title for _, title in COLUMNS) + " | train-cam s/epoch |"
-    lines = [header, "|---" * (len(COLUMNS) + 3) + "|"]
+    """Markdown: mIoU mean ± sample std over seeds (n), and train-cam seconds per epoch (median over seeds).
+    A column no method has a number for is left out."""
+    columns = [(key, title) for key, title in COLUMNS if any(key in r["summary"] for r in results.values())]
+    header = "| method | seeds | " + " | ".join(title for _, title in columns) + " | train-cam s/epoch |"
+    lines = [header, "|---" * (len(columns) + 3) + "|"]
     for spec, result in results.items():
         summary, seeds = result["summary"], [s["seed"] for s in result["seeds"]]
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             s = summary.get(key)
             cells.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} (n={s['n']})" if s else "–")
         epochs = sorted(s["train_cam_epoch_seconds"] for s in result["seeds"])

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .core.camstore import CamReader, cam_file_name
 from .core.errors import UserError
-from .core.io import IGNORE_INDEX, load_mask, write_json
+from .core.io import IGNORE_INDEX, check_plain_name, load_mask, write_json
 from .core.runs import DATASET_INDEX, Run
 from .data.index import DatasetIndex, Sample
 from .metrics import DEFAULT_THRESHOLDS, CamThresholdSweep, ConfusionMatrix, json_number
@@ -168,10 +168,7 @@ def percent(value: float | None) -> str:
 
 
 def _output_path(run: Run, name: str) -> Path:
-    # The name becomes a file name and a manifest key: keep it to one plain path component.
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise UserError(f"invalid evaluation name {name!r}: use a plain name such as `cam` or `pseudo`")
-    return run.path("eval", f"{name}.json")
+    return run.path("eval", f"{check_plain_name(name, 'evaluation name', 'cam')}.json")
 
 
 def evaluate_target(run: Run, target: str, config: EvaluateConfig) -> dict:

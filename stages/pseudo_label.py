@@ -19,7 +19,7 @@ import torch
 from .core.camstore import CamReader, cam_file_name
 from .core.console import console, progress_bar
 from .core.errors import UserError
-from .core.io import IGNORE_INDEX, load_image, save_mask, write_json
+from .core.io import IGNORE_INDEX, check_plain_name, load_image, save_mask, write_json
 from .core.runs import Run
 from .refine import Refinement, parse_refinements, refinement_names
 from .refine.pcm import check_pcm_checkpoint
@@ -72,20 +72,19 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
         raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {config.bg_threshold} and "
                         f"{config.fg_threshold}")
     names = refinement_names(config.refine)  # fail on a bad name before any work
-    if "/" in config.mask_set or "\\" in config.mask_set or config.mask_set.startswith("."):
-        raise UserError(f"invalid mask set name {config.mask_set!r}: use a plain name such as `crf-fitted`")
+    check_plain_name(config.mask_set, "mask set name", "crf-fitted")
     checkpoint = Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT)
     if "pcm" in names:
         check_pcm_checkpoint(checkpoint)  # in this process without building the model: workers build it
     dataset = run.dataset()
     samples = dataset.split(config.split)
-    cam_file = run.require(cam_file_name(config.split, config.raw),
-                           f"run `wsss infer-cam --split {config.split}{' --raw' if config.raw else ''}` first")
+    infer_command = f"wsss infer-cam --split {config.split}{' --raw' if config.raw else ''}"
+    cam_file = run.require(cam_file_name(config.split, config.raw), f"run `{infer_command}` first")
     with CamReader(cam_file) as reader:
         missing = [s.id for s in samples if s.id not in reader]
     if missing:
         raise UserError(f"{cam_file} has no CAM for {len(missing)} images of split {config.split} "
-                        f"(e.g. {missing[0]}): re-run `wsss infer-cam --split {config.split}`")
+                        f"(e.g. {missing[0]}): re-run `{infer_command}`")
     out_dir = pseudo_mask_dir(run, config.mask_set)
     jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in samples]
 

@@ -36,6 +36,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_plain_name(name: str, what: str, example: str) -> str:
+    """A name that becomes one file or folder name (and a manifest key): refuse anything that could escape it."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"invalid {what} {name!r}: use a plain name such as `{example}`")
+    return name
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")

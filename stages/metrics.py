@@ -189,3 +189,77 @@ class CamThresholdSweep:
         scores = np.array([matrix.miou() for matrix in matrices])
         best = int(np.argmax(np.nan_to_num(scores, nan=-1.0)))
         return float(self.thresholds[best]), matrices[best]
+
+
+class SaliencyQuality:
+    """Scores of saliency maps against binary foreground masks, accumulated over images: the two standard
+    salient-object-detection measures.
+
+      - `mae`: per image, the mean absolute difference between the map and the 0/1 foreground; averaged over
+        images.
+      - `max_f`: the maps are binarised at each of the 256 thresholds t = k / 255 (a pixel is predicted salient
+        when its value >= t); per image, precision = TP / predicted and recall = TP / foreground; both are
+        averaged over images, combined as F = (1 + beta^2) P R / (beta^2 P + R) with beta^2 = 0.3 (precision
+        weighted over recall), and `max_f` is the largest F over thresholds, reached first (lowest threshold)
+        at `threshold_at_max_f`.
+
+    Conventions (those of the usual SOD evaluation code, e.g. PySODMetrics, with its exact guards instead of an
+    epsilon): the precision of an empty prediction is 0 (its TP, 0, over max(predicted, 1)), the recall of an
+    image without foreground is 0, and F is 0 where P + R = 0. Pixels where `ignore` is true are left out of
+    every count; an image with no pixel left is not counted. Values are binned as floor(255 x + 1e-4), so a
+    float32 copy of k / 255 still reaches threshold k / 255.
+    """
+
+    BETA_SQUARED = 0.3
+    LEVELS = 256
+
+    def __init__(self) -> None:
+        self.images = 0
+        self._absolute_error = 0.0
+        self._precision = np.zeros(self.LEVELS)  # sums over images, index k = threshold k / 255
+        self._recall = np.zeros(self.LEVELS)
+
+    def add(self, saliency: np.ndarray, foreground: np.ndarray, ignore: np.ndarray | None = None) -> None:
+        """Add one image: `saliency` (H, W) in [0, 1], `foreground` and `ignore` (H, W) booleans."""
+        if saliency.shape != foreground.shape or (ignore is not None and ignore.shape != saliency.shape):
+            raise ValueError(f"saliency {saliency.shape}, foreground {foreground.shape} and ignore "
+                             f"{None if ignore is None else ignore.shape} must have one shape")
+        values = np.asarray(saliency, dtype=np.float64).ravel()
+        truth = np.asarray(foreground, dtype=bool).ravel()
+        if ignore is not None:
+            keep = ~np.asarray(ignore, dtype=bool).ravel()
+            values, truth = values[keep], truth[keep]
+        if values.size == 0:
+            return
+        if not (values.min() >= 0.0 and values.max() <= 1.0):  # also false for NaN
+            raise ValueError(f"saliency values must lie in [0, 1], got {values.min()} .. {values.max()}")
+        levels = np.minimum(np.floor(values * (self.LEVELS - 1) + 1e-4).astype(np.int64), self.LEVELS - 1)
+        # Suffix sums over the value histograms: at threshold k, everything binned at k or above is predicted.
+        true_positive = np.cumsum(np.bincount(levels[truth], minlength=self.LEVELS)[::-1])[::-1]
+        predicted = np.cumsum(np.bincount(levels, minlength=self.LEVELS)[::-1])[::-1]
+        self._precision += true_positive / np.maximum(predicted, 1)
+        self._recall += true_positive / max(int(truth.sum()), 1)
+        self._absolute_error += float(np.abs(values - truth).mean())
+        self.images += 1
+
+    def f_measure(self) -> np.ndarray:
+        """F of the mean precision and recall at each threshold k / 255 (NaN before any image)."""
+        if self.images == 0:
+            return np.full(self.LEVELS, np.nan)
+        precision, recall = self._precision / self.images, self._recall / self.images
+        numerator = (1 + self.BETA_SQUARED) * precision * recall
+        denominator = self.BETA_SQUARED * precision + recall
+        return np.divide(numerator, denominator, out=np.zeros(self.LEVELS), where=denominator > 0)
+
+    def summary(self) -> dict:
+        """JSON-ready: `images`, `mae`, `max_f`, `threshold_at_max_f` (None before any image)."""
+        if self.images == 0:
+            return {"images": 0, "mae": None, "max_f": None, "threshold_at_max_f": None}
+        f_measure = self.f_measure()
+        best = int(np.argmax(f_measure))
+        return {
+            "images": self.images,
+            "mae": self._absolute_error / self.images,
+            "max_f": float(f_measure[best]),
+            "threshold_at_max_f": best / (self.LEVELS - 1),
+        }

@@ -4,7 +4,8 @@ Input: `cams/<split>.h5`. Output: `pseudo/<refine>/<id>.png` (VOC palette PNGs) 
 As in IRN's cam_to_ir_label: the background score is a constant threshold stacked under the CAMs; argmax with
 the high (foreground) threshold gives confident foreground, with the low (background) threshold confident
 background; each map goes through the label refinements (dense CRF); pixels the two disagree on are 255
-(ignored by the segmenter's loss). Images are processed in parallel worker processes (CRF is single-threaded).
+(ignored by the segmenter's loss). `--refine saliency` takes the background from saliency maps instead
+(see stages/refine/saliency.py). Images are processed in parallel worker processes (CRF is single-threaded).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from .core.console import console, progress_bar
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, check_plain_name, load_image, save_mask, write_json
 from .core.runs import Run
-from .refine import Refinement, parse_refinements, refinement_names
+from .refine import ImageItem, Refinement, RefineInputs, parse_refinements, refinement_names
 from .refine.pcm import check_pcm_checkpoint
+from .refine.saliency import SaliencyBackground
+from .saliency import SALIENCY_DIR
 from .train_cam import CHECKPOINT
 
 
@@ -31,6 +34,8 @@ class PseudoLabelConfig:
     split: str = "train"
     refine: str = "crf"
     pcm_checkpoint: str = ""  # for --refine pcm: a SEAM checkpoint (default: the run's cam/checkpoint.pt)
+    saliency_dir: str = ""  # for --refine saliency: <id>.png maps (default: the run's saliency/)
+    saliency_threshold: float = 0.5  # for --refine saliency: below it a pixel is background
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
     raw: bool = False  # from the unrefined CAMs of `infer-cam --raw`; the masks go to pseudo/<refine>-raw
@@ -47,7 +52,7 @@ def pseudo_mask_dir(run: Run, mask_set: str) -> str:
     return str(run.path("pseudo", mask_set.replace(",", "+")))
 
 
-def make_pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, config: PseudoLabelConfig,
+def make_pseudo_mask(item: ImageItem, cams: np.ndarray, classes: np.ndarray, config: PseudoLabelConfig,
                      refinements: list[Refinement]) -> np.ndarray:
     """(K, H, W) CAMs of the image's classes → (H, W) uint8 mask of class ids, 0 background, 255 uncertain."""
     keys = np.concatenate([[0], classes]).astype(np.uint8)
@@ -55,10 +60,10 @@ def make_pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, c
     for threshold in (config.fg_threshold, config.bg_threshold):
         scores = np.concatenate([np.full((1, *cams.shape[1:]), threshold, dtype=np.float32), cams])
         for refinement in refinements:
-            scores = refinement.refine_scores(image, scores)
+            scores = refinement.refine_scores(item, scores)
         labels = scores.argmax(axis=0)
         for refinement in refinements:
-            labels = refinement.refine_labels(image, labels, len(keys))
+            labels = refinement.refine_labels(item, labels, len(keys))
         label_maps.append(labels)
     confident_fg, confident_bg = label_maps
     mask = keys[confident_fg]
@@ -73,9 +78,13 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
                         f"{config.fg_threshold}")
     names = refinement_names(config.refine)  # fail on a bad name before any work
     check_plain_name(config.mask_set, "mask set name", "crf-fitted")
-    checkpoint = Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT)
+    inputs = RefineInputs(checkpoint=Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT),
+                          saliency_dir=config.saliency_dir or str(run.path(SALIENCY_DIR)),
+                          saliency_threshold=config.saliency_threshold)
     if "pcm" in names:
-        check_pcm_checkpoint(checkpoint)  # in this process without building the model: workers build it
+        check_pcm_checkpoint(inputs.checkpoint)  # in this process without building the model: workers build it
+    if "saliency" in names:
+        SaliencyBackground(inputs.saliency_dir, inputs.saliency_threshold)  # a missing directory fails here, once
     dataset = run.dataset()
     samples = dataset.split(config.split)
     infer_command = f"wsss infer-cam --split {config.split}{' --raw' if config.raw else ''}"
@@ -89,12 +98,13 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
     jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in samples]
 
     with run.stage(f"pseudo-label/{config.mask_set}", asdict(config)) as record:
-        record.inputs += [run.path("dataset.json"), cam_file] + ([checkpoint] if "pcm" in names else [])
+        record.inputs += ([run.path("dataset.json"), cam_file] + ([inputs.checkpoint] if "pcm" in names else [])
+                          + ([inputs.saliency_dir] if "saliency" in names else []))
         console.print(f"pseudo-label: {len(jobs)} images, refine {config.refine}, thresholds fg "
                       f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers")
         ignored = labelled = 0
         context = multiprocessing.get_context("fork")
-        with context.Pool(config.workers, _init_worker, (str(cam_file), config, checkpoint)) as pool, \
+        with context.Pool(config.workers, _init_worker, (str(cam_file), config, inputs)) as pool, \
                 progress_bar() as bar:
             task = bar.add_task("pseudo-label", total=len(jobs), status="")
             for ignored_pixels, pixels in pool.imap_unordered(_label_one, jobs, chunksize=8):
@@ -110,13 +120,13 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
 _worker: dict = {}
 
 
-def _init_worker(cam_file: str, config: PseudoLabelConfig, checkpoint: Path) -> None:
+def _init_worker(cam_file: str, config: PseudoLabelConfig, inputs: RefineInputs) -> None:
     # Each process opens the HDF5 file and builds any network itself: h5py handles must not cross a fork, and
     # one thread per process since the processes already fill the cores.
     torch.set_num_threads(1)
     _worker["reader"] = CamReader(cam_file)
     _worker["config"] = config
-    _worker["refinements"] = parse_refinements(config.refine, checkpoint)
+    _worker["refinements"] = parse_refinements(config.refine, inputs)
 
 
 def _label_one(job: tuple[str, str, str]) -> tuple[int, int]:
@@ -125,6 +135,6 @@ def _label_one(job: tuple[str, str, str]) -> tuple[int, int]:
     image = load_image(image_path)
     if image.shape[:2] != cams.shape[1:]:
         raise UserError(f"CAM of {image_id} is {cams.shape[1:]} but its image is {image.shape[:2]}")
-    mask = make_pseudo_mask(image, cams, classes, _worker["config"], _worker["refinements"])
+    mask = make_pseudo_mask(ImageItem(image_id, image), cams, classes, _worker["config"], _worker["refinements"])
     save_mask(out_path, mask)
     return int((mask == IGNORE_INDEX).sum()), mask.size

@@ -10,7 +10,7 @@ from stages.core.checkpoint import save_checkpoint
 from stages.core.errors import UserError
 from stages.methods import CamModelConfig, build_cam_model
 from stages.pseudo_label import PseudoLabelConfig, make_pseudo_mask
-from stages.refine import parse_refinements
+from stages.refine import ImageItem, RefineInputs, parse_refinements
 from stages.refine.pcm import PcmRefinement
 
 CLASSES = ["background", "a", "b"]
@@ -28,7 +28,7 @@ def test_pcm_keeps_a_constant_score_map_and_the_shape(tmp_path):
     refinement = PcmRefinement(checkpoint_of("seam", tmp_path / "seam.pt"))
     image = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
     constant = np.full((3, 48, 40), 0.3, dtype=np.float32)
-    refined = refinement.refine_scores(image, constant)
+    refined = refinement.refine_scores(ImageItem("a", image), constant)
     assert refined.shape == constant.shape
     np.testing.assert_allclose(refined, constant, atol=1e-3)  # rows sum to 1 (up to the 1e-5 guard)
 
@@ -39,7 +39,7 @@ def test_pcm_redistributes_cams_without_creating_mass(tmp_path):
     scores = np.zeros((2, 64, 64), dtype=np.float32)
     scores[0] = 0.3
     scores[1, 16:32, 16:32] = 1.0
-    refined = refinement.refine_scores(image, scores)
+    refined = refinement.refine_scores(ImageItem("b", image), scores)
     assert refined[1].max() <= 1.0 + 1e-4 and refined[1].min() >= -1e-6  # a convex combination of the inputs
     assert not np.allclose(refined[1], scores[1])
 
@@ -50,10 +50,23 @@ def test_pcm_needs_a_checkpoint_with_a_pcm(tmp_path):
 
 
 def test_pcm_then_crf_in_a_pseudo_mask(tmp_path):
-    refinements = parse_refinements("pcm,crf", checkpoint_of("seam", tmp_path / "seam.pt"))
+    refinements = parse_refinements("pcm,crf", RefineInputs(checkpoint=checkpoint_of("seam", tmp_path / "seam.pt")))
     assert [r.name for r in refinements] == ["pcm", "crf"]
     image = np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     cams = np.zeros((1, 32, 32), dtype=np.float32)
     cams[0, 8:24, 8:24] = 0.9
-    mask = make_pseudo_mask(image, cams, np.array([2]), PseudoLabelConfig(), refinements)
+    mask = make_pseudo_mask(ImageItem("c", image), cams, np.array([2]), PseudoLabelConfig(), refinements)
     assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 2, 255}
+
+
+def test_pcm_computes_the_affinity_once_per_image(tmp_path):
+    refinement = PcmRefinement(checkpoint_of("seam", tmp_path / "seam.pt"))
+    calls = []
+    original = refinement.model.pcm_affinity
+    refinement.model.pcm_affinity = lambda *args: calls.append(1) or original(*args)
+    image = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    scores = np.full((2, 32, 32), 0.3, dtype=np.float32)
+    for threshold_pass in range(2):  # pseudo-label refines the fg- and bg-threshold stacks of one image
+        refinement.refine_scores(ImageItem("same", image), scores)
+    refinement.refine_scores(ImageItem("other", image), scores)
+    assert len(calls) == 2

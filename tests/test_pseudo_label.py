@@ -5,7 +5,7 @@ import pytest
 
 from stages.core.errors import UserError
 from stages.pseudo_label import PseudoLabelConfig, make_pseudo_mask
-from stages.refine import parse_refinements
+from stages.refine import ImageItem, parse_refinements
 from stages.refine.crf import CrfParams, DenseCrf, crf_from_labels, crf_from_probabilities
 
 
@@ -14,7 +14,7 @@ def test_thresholds_give_foreground_background_and_uncertain():
                      [[0.4, 0.1, 0.02, 0.95]]],   # class 7
                     dtype=np.float32)
     image = np.zeros((1, 4, 3), np.uint8)
-    mask = make_pseudo_mask(image, cams, np.array([3, 7]), PseudoLabelConfig(fg_threshold=0.3, bg_threshold=0.05),
+    mask = make_pseudo_mask(ImageItem("a", image), cams, np.array([3, 7]), PseudoLabelConfig(fg_threshold=0.3, bg_threshold=0.05),
                             refinements=[])
     # 0.5 > 0.3: confident class 3; 0.2 is between the thresholds: uncertain; 0.02 < 0.05: background;
     # 0.95 beats 0.9: class 7.
@@ -22,7 +22,7 @@ def test_thresholds_give_foreground_background_and_uncertain():
 
 
 def test_no_classes_gives_all_background():
-    mask = make_pseudo_mask(np.zeros((2, 2, 3), np.uint8), np.zeros((0, 2, 2), np.float32),
+    mask = make_pseudo_mask(ImageItem("a", np.zeros((2, 2, 3), np.uint8)), np.zeros((0, 2, 2), np.float32),
                             np.array([], dtype=np.int64), PseudoLabelConfig(), [])
     assert mask.tolist() == [[0, 0], [0, 0]]
 
@@ -56,7 +56,7 @@ def test_crf_from_probabilities_follows_confident_evidence():
 def test_crf_refinement_in_pseudo_masks_keeps_class_ids():
     image, truth = two_region_image()
     cams = np.where(truth == 1, 0.8, 0.0)[None].astype(np.float32)
-    mask = make_pseudo_mask(image, cams, np.array([5]), PseudoLabelConfig(), [DenseCrf()])
+    mask = make_pseudo_mask(ImageItem("a", image), cams, np.array([5]), PseudoLabelConfig(), [DenseCrf()])
     assert set(np.unique(mask)) <= {0, 5, 255}
     assert (mask == np.where(truth == 1, 5, 0)).mean() > 0.95
 
@@ -68,3 +68,29 @@ def test_parse_refinements():
         parse_refinements("crf,magic")
     with pytest.raises(UserError, match="twice"):
         parse_refinements("crf,crf")
+
+
+def test_saliency_background_makes_non_salient_pixels_background(tmp_path):
+    from stages.data.saliency import save_saliency
+    from stages.refine.saliency import SaliencyBackground
+
+    # Four pixels: non-salient with a strong CAM; salient with CAM above fg, between the thresholds, below bg.
+    save_saliency(tmp_path / "a.png", np.array([[0.1, 0.9, 0.9, 0.9]], dtype=np.float32))
+    cams = np.array([[[0.9, 0.5, 0.2, 0.01]]], dtype=np.float32)
+    mask = make_pseudo_mask(ImageItem("a", np.zeros((1, 4, 3), np.uint8)), cams, np.array([4]),
+                            PseudoLabelConfig(fg_threshold=0.3, bg_threshold=0.05),
+                            [SaliencyBackground(str(tmp_path), threshold=0.5)])
+    assert mask.tolist() == [[0, 4, 255, 0]]
+    without = make_pseudo_mask(ImageItem("a", np.zeros((1, 4, 3), np.uint8)), cams, np.array([4]),
+                               PseudoLabelConfig(fg_threshold=0.3, bg_threshold=0.05), [])
+    assert without.tolist() == [[4, 4, 255, 0]]  # the CAM alone spills onto the non-salient pixel
+
+
+def test_saliency_refinement_needs_maps(tmp_path):
+    from stages.refine import RefineInputs
+
+    with pytest.raises(UserError, match="wsss saliency"):
+        parse_refinements("saliency,crf", RefineInputs(saliency_dir=str(tmp_path / "nothing")))
+    refinements = parse_refinements("saliency,crf", RefineInputs(saliency_dir=str(tmp_path)))
+    with pytest.raises(UserError, match="no saliency map for 'x'"):
+        refinements[0].refine_scores(ImageItem("x", np.zeros((2, 2, 3), np.uint8)), np.zeros((1, 2, 2), np.float32))

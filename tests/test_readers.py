@@ -307,3 +307,37 @@ def test_folder_bad_inputs(folder: Path, tmp_path: Path):
     (folder / "labels.json").write_text(json.dumps({"cat1": "cat"}))
     with pytest.raises(UserError, match="image 'cat1' in .*expected a list of class names"):
         read_folder(folder)
+
+
+def test_augment_moves_the_saliency_map_with_the_image():
+    from stages.data.loading import MEAN, Augment
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[10:20, 5:25] = 255
+    saliency = (image[..., 0] > 0).astype(np.float32)
+    augment = Augment(base_size=60, crop_size=48, scale_range=(0.8, 1.2))
+    for seed in range(6):  # scales, flips and crop offsets differ by seed
+        out_image, mask, out_saliency = augment(np.random.default_rng(seed), image, None, saliency)
+        assert mask is None and out_saliency.shape == (48, 48)
+        # Same geometry: the saliency equals the image's red channel / 255 up to the uint8 fixed-point resampling
+        # (padding aside, where the image has the mean colour and the saliency 0).
+        inside = out_image[..., 1] != round(float(MEAN[1]))
+        assert np.abs(out_image[..., 0][inside] / 255 - out_saliency[inside]).max() <= 1 / 255
+        assert out_saliency.max() == 1.0
+
+
+def test_split_dataset_marks_images_without_a_saliency_map(tmp_path):
+    from stages.data.index import Sample
+    from stages.data.loading import SplitDataset
+    from stages.data.saliency import save_saliency
+
+    samples = []
+    for name in ("with", "without"):
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")
+        samples.append(Sample(name, str(tmp_path / f"{name}.png"), None, (1,)))
+    (tmp_path / "sal").mkdir()
+    save_saliency(tmp_path / "sal" / "with.png", np.full((8, 8), 0.6, np.float32))
+    dataset = SplitDataset(samples, 2, saliency_dir=str(tmp_path / "sal"))
+    first, second = dataset[0], dataset[1]
+    assert first["has_saliency"] and abs(float(first["saliency"].mean()) - 0.6) < 0.01
+    assert not second["has_saliency"] and float(second["saliency"].abs().sum()) == 0

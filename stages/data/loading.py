@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX, load_image, load_mask
 from .index import Sample, check_sample_id
+from .saliency import DirectorySaliency
 
 # ImageNet statistics: what torchvision's pretrained backbones expect, and harmless from scratch.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
@@ -37,7 +38,8 @@ class Augment:
     """Random rescale (of the long side), horizontal flip and crop, as IRN/SEAM do for CAM training.
 
     `base_size` is the long side the scale range is relative to; crops smaller than the image are padded
-    (image with the mean colour, mask with the ignore index).
+    (image with the mean colour, mask with the ignore index, saliency with 0). The mask and the saliency map, when
+    given, undergo the same geometry as the image.
     """
 
     base_size: int
@@ -45,7 +47,9 @@ class Augment:
     scale_range: tuple[float, float] = (0.7, 1.3)
     flip: bool = True
 
-    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None):
+    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None = None,
+                 saliency: np.ndarray | None = None):
+        """→ (image, mask or None, saliency or None), all cropped to `crop_size`."""
         height, width = image.shape[:2]
         long_side = self.base_size * rng.uniform(*self.scale_range)
         scale = long_side / max(height, width)
@@ -53,27 +57,35 @@ class Augment:
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         if mask is not None:
             mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        if saliency is not None:
+            saliency = np.asarray(Image.fromarray(saliency.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
             mask = mask[:, ::-1] if mask is not None else None
-        return random_crop(rng, image, mask, self.crop_size)
+            saliency = saliency[:, ::-1] if saliency is not None else None
+        return random_crop(rng, image, mask, self.crop_size, saliency)
 
 
-def random_crop(rng, image, mask, crop):
+def random_crop(rng, image, mask, crop, saliency=None):
     height, width = image.shape[:2]
     out_image = np.empty((crop, crop, 3), dtype=np.uint8)
     out_image[:] = MEAN.astype(np.uint8)
     out_mask = np.full((crop, crop), IGNORE_INDEX, dtype=np.uint8) if mask is not None else None
+    out_saliency = np.zeros((crop, crop), dtype=np.float32) if saliency is not None else None
     # Offsets place a window of the image in the crop (when the image is smaller) or vice versa.
     y_image = rng.integers(0, max(height - crop, 0) + 1)
     x_image = rng.integers(0, max(width - crop, 0) + 1)
     y_crop = rng.integers(0, max(crop - height, 0) + 1)
     x_crop = rng.integers(0, max(crop - width, 0) + 1)
     h, w = min(crop, height), min(crop, width)
-    out_image[y_crop:y_crop + h, x_crop:x_crop + w] = image[y_image:y_image + h, x_image:x_image + w]
+    window = np.s_[y_image:y_image + h, x_image:x_image + w]
+    placed = np.s_[y_crop:y_crop + h, x_crop:x_crop + w]
+    out_image[placed] = image[window]
     if mask is not None:
-        out_mask[y_crop:y_crop + h, x_crop:x_crop + w] = mask[y_image:y_image + h, x_image:x_image + w]
-    return out_image, out_mask
+        out_mask[placed] = mask[window]
+    if saliency is not None:
+        out_saliency[placed] = saliency[window]
+    return out_image, out_mask, out_saliency
 
 
 def check_mask_sizes(samples: list[Sample], mask_path: Callable[[Sample], str]) -> None:
@@ -93,16 +105,20 @@ def check_mask_sizes(samples: list[Sample], mask_path: Callable[[Sample], str]) 
 class SplitDataset(Dataset):
     """Items: dict(image (3,H,W), labels (C,), mask (H,W) long or absent, index). Augmented if `augment`.
 
+    With `saliency_dir`, items also carry `saliency` (H,W) float in [0, 1] and `has_saliency`: an image without a
+    map in the directory gets zeros and False (methods use the map only where it exists).
     Randomness comes from (seed, epoch, index), so a run is reproducible whatever the number of workers.
     """
 
     def __init__(self, samples: list[Sample], num_classes: int, augment: Augment | None = None,
-                 with_masks: bool = False, mask_dir: str | None = None, seed: int = 0):
+                 with_masks: bool = False, mask_dir: str | None = None, seed: int = 0,
+                 saliency_dir: str | None = None):
         self.samples = samples
         self.num_classes = num_classes
         self.augment = augment
         self.with_masks = with_masks
         self.mask_dir = mask_dir  # pseudo masks: <mask_dir>/<id>.png replace the ground truth
+        self.saliency = DirectorySaliency(saliency_dir) if saliency_dir else None
         self.seed = seed
         self.epoch = 0
 
@@ -116,12 +132,19 @@ class SplitDataset(Dataset):
         sample = self.samples[index]
         image = load_image(sample.image)
         mask = load_mask(self.mask_path(sample)) if self.with_masks else None
+        has_saliency = self.saliency is not None and self.saliency.has(sample.id)
+        saliency = self.saliency(sample.id, image) if has_saliency else None
+        if self.saliency is not None and not has_saliency:
+            saliency = np.zeros(image.shape[:2], dtype=np.float32)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            image, mask = self.augment(rng, image, mask)
+            image, mask, saliency = self.augment(rng, image, mask, saliency)
         item = {"image": normalize(image), "labels": multi_hot(sample.labels, self.num_classes), "index": index}
         if mask is not None:
             item["mask"] = torch.from_numpy(mask.astype(np.int64))
+        if saliency is not None:
+            item["saliency"] = torch.from_numpy(np.ascontiguousarray(saliency, dtype=np.float32))
+            item["has_saliency"] = has_saliency
         return item
 
 

@@ -1,15 +1,17 @@
 """Pseudo-mask refinements, chosen by name with `wsss pseudo-label --refine a,b`.
 
 A refinement can act at two points of pseudo-mask construction (see `stages/pseudo_label.py`):
-  - `refine_scores(image, scores)`: on the (K+1, H, W) score stack, background first (e.g. a saliency
+  - `refine_scores(item, scores)`: on the (K+1, H, W) score stack, background first (e.g. a saliency
     background, PCM);
-  - `refine_labels(image, labels, num_labels)`: on a label map of indices into [background] + classes
+  - `refine_labels(item, labels, num_labels)`: on a label map of indices into [background] + classes
     (e.g. dense CRF).
-Steps run in the order given. The base class leaves both untouched, so each refinement overrides what it uses.
+`item` is the image and its id (a refinement may read per-image inputs such as a saliency map by id). Steps run
+in the order given. The base class leaves both untouched, so each refinement overrides what it uses.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,22 +20,41 @@ import numpy as np
 from ..core.errors import UserError
 
 
+@dataclass(frozen=True)
+class ImageItem:
+    id: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+@dataclass(frozen=True)
+class RefineInputs:
+    """What refinements may need besides the image: the CAM checkpoint (PCM) and saliency maps (saliency)."""
+
+    checkpoint: Path | None = None
+    saliency_dir: str = ""
+    saliency_threshold: float = 0.5
+
+
 class Refinement:
     name = "none"
 
-    def refine_scores(self, image: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    def refine_scores(self, item: ImageItem, scores: np.ndarray) -> np.ndarray:
         return scores
 
-    def refine_labels(self, image: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
+    def refine_labels(self, item: ImageItem, labels: np.ndarray, num_labels: int) -> np.ndarray:
         return labels
 
 
-def _registry() -> dict[str, Callable[[Path | None], Refinement]]:
-    """name → factory taking the CAM checkpoint (the PCM needs one; the CRF does not)."""
+def _registry() -> dict[str, Callable[[RefineInputs], Refinement]]:
     from .crf import DenseCrf
     from .pcm import PcmRefinement
+    from .saliency import SaliencyBackground
 
-    return {"crf": lambda checkpoint: DenseCrf(), "pcm": lambda checkpoint: PcmRefinement(checkpoint)}
+    return {
+        "crf": lambda inputs: DenseCrf(),
+        "pcm": lambda inputs: PcmRefinement(inputs.checkpoint),
+        "saliency": lambda inputs: SaliencyBackground(inputs.saliency_dir, inputs.saliency_threshold),
+    }
 
 
 def refinement_names(spec: str) -> list[str]:
@@ -51,6 +72,6 @@ def refinement_names(spec: str) -> list[str]:
     return names
 
 
-def parse_refinements(spec: str, checkpoint: Path | None = None) -> list[Refinement]:
+def parse_refinements(spec: str, inputs: RefineInputs = RefineInputs()) -> list[Refinement]:
     registry = _registry()
-    return [registry[name](checkpoint) for name in refinement_names(spec)]
+    return [registry[name](inputs) for name in refinement_names(spec)]

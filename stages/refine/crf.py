@@ -8,7 +8,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
 
-from . import Refinement
+from . import ImageItem, Refinement
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class DenseCrf(Refinement):
     def __init__(self, params: CrfParams = CrfParams()):
         self.params = params
 
-    def refine_labels(self, image: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
+    def refine_labels(self, item: ImageItem, labels: np.ndarray, num_labels: int) -> np.ndarray:
         if num_labels < 2:
             return labels
-        return crf_from_labels(image, labels, num_labels, self.params)
+        return crf_from_labels(item.image, labels, num_labels, self.params)

@@ -18,6 +18,8 @@ from .core.errors import UserError
 from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset
+from .data.saliency import DirectorySaliency
+from .saliency import SALIENCY_DIR
 from .methods import CamModelConfig, build_cam_model
 
 CHECKPOINT = "cam/checkpoint.pt"
@@ -30,6 +32,7 @@ class TrainCamConfig:
     model: CamModelConfig = field(default_factory=CamModelConfig)
     train_split: str = "train"
     val_split: str = "val"
+    saliency_dir: str = ""  # for methods that use saliency (L2G shape transfer); default: the run's saliency/
     epochs: int = 5
     batch_size: int = 16
     lr: float = 0.1
@@ -52,16 +55,20 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
     generator = seed_everything(config.seed)
     num_classes = dataset.num_classes
 
-    augment = Augment(config.base_size, config.crop_size, config.scale_range)
-    train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed)
-    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     model = build_cam_model(config.method, config.model, num_classes, config.method_options).to(device, memory_format=memory_format(device))
+    saliency_dir = saliency_directory(run, config, train_samples) if getattr(model, "uses_saliency", False) else None
+    augment = Augment(config.base_size, config.crop_size, config.scale_range)
+    train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed, saliency_dir=saliency_dir)
+    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
     optimizer = make_optimizer(*model.param_groups(), optim)
 
     def losses(batch: dict) -> dict[str, torch.Tensor]:
         images = batch["image"].to(device, non_blocking=True, memory_format=memory_format(device))
-        return model.training_losses(images, batch["labels"].to(device, non_blocking=True))
+        extra = {}
+        if saliency_dir:
+            extra = {"saliency": batch["saliency"].to(device, non_blocking=True), "has_saliency": batch["has_saliency"]}
+        return model.training_losses(images, batch["labels"].to(device, non_blocking=True), **extra)
 
     # Validation images are resized to the crop size (no randomness) so they batch whatever their size.
     val_set = SplitDataset(val_samples, num_classes, seed=config.seed,
@@ -76,7 +83,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
         model.train()
 
     with run.stage("train-cam", asdict(config)) as record:
-        record.inputs.append(run.path("dataset.json"))
+        record.inputs += [run.path("dataset.json")] + ([saliency_dir] if saliency_dir else [])
         console.print(f"train-cam: {config.method} on {len(train_samples)} {config.train_split} images, "
                       f"{config.model.backbone} OS{config.model.output_stride}, device {device}")
         model.train()
@@ -89,6 +96,19 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
                         model=model, metrics={"epochs": epoch_metrics})
         record.outputs.append(run.path(CHECKPOINT))
     return record.metrics
+
+
+def saliency_directory(run: Run, config: TrainCamConfig, samples: list) -> str:
+    """The saliency maps' directory for a method that uses them; an error if it covers none of the images."""
+    directory = config.saliency_dir or str(run.path(SALIENCY_DIR))
+    source = DirectorySaliency(directory, hint="run `wsss saliency` first or pass --saliency DIR")
+    covered = sum(source.has(sample.id) for sample in samples)
+    if covered == 0:
+        raise UserError(f"{directory} has no saliency map for any of the {len(samples)} {config.train_split} images "
+                        f"(expected <id>.png): run `wsss saliency --split {config.train_split}` or pass --saliency DIR")
+    console.print(f"train-cam: saliency maps from {directory} for {covered} of {len(samples)} images"
+                  + ("" if covered == len(samples) else " (the others train without shape transfer)"))
+    return directory
 
 
 @torch.inference_mode()

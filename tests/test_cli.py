@@ -14,7 +14,8 @@ def invoke(*args):
 
 @pytest.mark.parametrize("command", [["--help"], ["data", "synth", "--help"], ["train-cam", "--help"],
                                      ["infer-cam", "--help"], ["pseudo-label", "--help"], ["segment", "--help"],
-                                     ["evaluate", "--help"], ["report", "--help"], ["summary", "--help"]])
+                                     ["evaluate", "--help"], ["report", "--help"], ["summary", "--help"],
+                                     ["saliency", "--help"]])
 def test_help(command):
     result = invoke(*command)
     assert result.exit_code == 0, result.output
@@ -63,3 +64,15 @@ def test_method_options_are_checked(tmp_path):
     invoke("data", "synth", "--run", tmp_path, "--num-train", 4, "--num-val", 2, "--image-size", 48)
     assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--option", "novalue"), "KEY=VALUE")
     assert_one_line_error(invoke("train-cam", "--run", tmp_path, "-o", "speed=3"), "has no option 'speed'")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--local-views", "3"), "has no option 'local_views'")
+
+
+def test_saliency_inputs_are_checked(tmp_path):
+    invoke("data", "synth", "--run", tmp_path, "--num-train", 4, "--num-val", 2, "--image-size", 48)
+    assert_one_line_error(invoke("saliency", "--run", tmp_path, "--source", tmp_path / "maps"), "maps")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--method", "l2g"), "wsss saliency")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--method", "l2g", "-o", "crop_mode=grid"),
+                          "crop_mode")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--method", "l2g", "--saliency", tmp_path / "empty"),
+                          "no saliency map for any")

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from stages.core.io import load_mask
@@ -29,9 +30,10 @@ def run_dir(tmp_path_factory):
     wsss("train-cam", "--run", run, *TINY_TRAINING)
     wsss("infer-cam", "--run", run, "--split", "train", "--scales", "1.0,0.5", "--workers", 0)
     wsss("evaluate", "cams", "--run", run, "--split", "train")
-    for refine in ("none", "crf"):
+    wsss("saliency", "--run", run, "--split", "train", "--workers", 1)
+    for refine in ("none", "crf", "saliency,crf"):
         wsss("pseudo-label", "--run", run, "--refine", refine)
-        wsss("evaluate", f"pseudo/{refine}", "--run", run, "--split", "train")
+        wsss("evaluate", f"pseudo/{refine.replace(',', '+')}", "--run", run, "--split", "train")
     wsss("segment", "--run", run, "--labels", "pseudo", "--pseudo", "crf", "--predict", "val,train", *TINY_TRAINING)
     wsss("segment", "--run", run, "--labels", "gt", "--predict", "val", "--crf", *TINY_TRAINING)
     for tag in ("pseudo-crf", "gt"):
@@ -42,7 +44,8 @@ def run_dir(tmp_path_factory):
 
 def test_manifest_lists_every_stage_with_outputs(run_dir):
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    for key in ("data", "train-cam", "infer-cam/train", "pseudo-label/none", "pseudo-label/crf", "segment/pseudo-crf",
+    for key in ("data", "train-cam", "infer-cam/train", "saliency/train", "pseudo-label/none", "pseudo-label/crf",
+                "pseudo-label/saliency+crf", "segment/pseudo-crf",
                 "segment/gt", "evaluate/cams_train", "evaluate/segment-gt_val", "report"):
         assert key in stages, key
         assert stages[key]["seconds"] >= 0
@@ -141,3 +144,29 @@ def test_seam_writes_refined_and_raw_cams(run_dir, tmp_path):
     assert strict.keys() == from_raw.keys() and strict != from_raw
     assert from_raw == {p.name: p.read_bytes() for p in (tmp_path / "pseudo" / "none-raw").glob("*.png")}
     assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["pseudo-label/none-raw"]["config"]["raw"]
+
+
+def test_saliency_maps_and_their_quality(run_dir):
+    index = DatasetIndex.load(run_dir / "dataset.json")
+    info = json.loads((run_dir / "saliency" / "info-train.json").read_text())
+    assert info["images"] == len(index.split("train")) and 0 <= info["mae"] <= 1 and 0 < info["max_f"] <= 1
+    for sample in index.split("train"):
+        saliency = np.asarray(Image.open(run_dir / "saliency" / f"{sample.id}.png"))
+        assert saliency.shape == (64, 64) and saliency.dtype == np.uint8
+
+
+def test_l2g_with_shape_transfer_trains_and_writes_global_cams(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "l2g"
+    run.mkdir()
+    for name in ("dataset.json", "manifest.json"):
+        shutil.copy(run_dir / name, run / name)
+    wsss("train-cam", "--run", run, "--method", "l2g", "--local-views", 2, "--saliency", run_dir / "saliency",
+         *TINY_TRAINING)
+    wsss("infer-cam", "--run", run, "--split", "train", "--scales", "1.0", "--workers", 0)
+    checkpoint = torch.load(run / "cam" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["method_options"] == {"local_views": "2"}
+    assert any(key.startswith("local_net.") for key in checkpoint["state_dict"])
+    with h5py.File(run / "cams" / "train.h5") as file:
+        assert json.loads(file.attrs["config"])["train"]["method"] == "l2g"

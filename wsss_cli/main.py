@@ -15,6 +15,7 @@ from stages.data.synth import SynthConfig
 from stages.infer_cam import InferCamConfig
 from stages.methods import CAM_METHODS
 from stages.pseudo_label import PseudoLabelConfig
+from stages.saliency import SaliencyConfig
 from stages.segment import SegmentConfig
 from stages.train_cam import TrainCamConfig
 
@@ -36,6 +37,7 @@ WorkersOption = Annotated[int, typer.Option(min=0, help="Worker processes for lo
 DEFAULT_RUN = Path("runs/default")
 # Option defaults come from the stage configs, so the CLI and the Python API cannot disagree.
 SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
+SALIENCY = SaliencyConfig()
 
 
 def joined(values) -> str:
@@ -192,6 +194,12 @@ def train_cam(
     scale_range: Annotated[str, typer.Option(help="MIN,MAX random rescale of the long side.")] = joined(CAM.scale_range),
     train_split: str = CAM.train_split,
     val_split: Annotated[str, typer.Option(help="Split for the per-epoch mAP / F1 ('' for none).")] = CAM.val_split,
+    saliency: Annotated[str, typer.Option(help="Saliency maps (<id>.png) for methods that use them (L2G shape "
+                                               "transfer); default: RUN/saliency from `wsss saliency`.")] = CAM.saliency_dir,
+    local_backbone: Annotated[Optional[str], typer.Option(help="L2G: the local network's backbone (default: --backbone); "
+                                                              "same as -o local_backbone=NAME.")] = None,
+    local_views: Annotated[Optional[int], typer.Option(min=1, help="L2G: local views per image (default 6); same as "
+                                                                   "-o local_views=N.")] = None,
     workers: WorkersOption = CAM.workers,
     device: DeviceOption = "auto",
     amp: AmpOption = True,
@@ -202,8 +210,12 @@ def train_cam(
     from stages.methods import CamModelConfig
     from stages.train_cam import train_cam as run_stage
 
+    method_options = key_values(option or [])
+    # Shortcuts for method options the L2G paper names; a method without them rejects them like any -o KEY.
+    method_options.update({key: str(value) for key, value in
+                           (("local_backbone", local_backbone), ("local_views", local_views)) if value is not None})
     config = TrainCamConfig(
-        method=method, method_options=key_values(option or []), model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
+        method=method, method_options=method_options, saliency_dir=saliency, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
         train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
         scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, amp=amp, seed=seed,
@@ -236,16 +248,40 @@ def infer_cam(
     run_stage(Run(run), config)
 
 
+# ----------------------------------------------------------------------------------------------- saliency
+@app.command("saliency")
+@user_errors
+def saliency(
+    run: RunOption = DEFAULT_RUN,
+    split: str = SALIENCY.split,
+    source: Annotated[str, typer.Option(help="mbd (built-in Minimum Barrier saliency, no weights needed) or a "
+                                             "directory of grayscale <id>.png maps (e.g. PoolNet's).")]
+    = SALIENCY.source,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = SALIENCY.workers,
+):
+    """Write saliency maps of a split to RUN/saliency/<id>.png and, where there is ground truth, their MAE and max
+    F-measure against the ground-truth foreground. Used by L2G's shape transfer and `pseudo-label --refine saliency`."""
+    from stages.core.runs import Run
+    from stages.saliency import saliency as run_stage
+
+    run_stage(Run(run), SaliencyConfig(split=split, source=source, workers=workers))
+
+
 # ----------------------------------------------------------------------------------------------- pseudo-label
 @app.command("pseudo-label")
 @user_errors
 def pseudo_label(
     run: RunOption = DEFAULT_RUN,
     split: str = PSEUDO.split,
-    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements applied in order: pcm "
-                                              "(SEAM's PCM), crf (dense CRF).")] = PSEUDO.refine,
+    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements applied in order: saliency "
+                                              "(background from saliency maps), pcm (SEAM's PCM), crf (dense CRF).")]
+    = PSEUDO.refine,
     pcm_checkpoint: Annotated[str, typer.Option(help="SEAM checkpoint for --refine pcm (default: the run's "
                                                      "cam/checkpoint.pt).")] = PSEUDO.pcm_checkpoint,
+    saliency: Annotated[str, typer.Option(help="Saliency maps (<id>.png) for --refine saliency (default: "
+                                               "RUN/saliency from `wsss saliency`).")] = PSEUDO.saliency_dir,
+    saliency_threshold: Annotated[float, typer.Option(help="--refine saliency: pixels less salient than this are "
+                                                           "background.")] = PSEUDO.saliency_threshold,
     fg_threshold: Annotated[float, typer.Option(help="Background score for confident foreground (IRN 0.30).")]
     = PSEUDO.fg_threshold,
     bg_threshold: Annotated[float, typer.Option(help="Background score for confident background (IRN 0.05).")]
@@ -261,6 +297,7 @@ def pseudo_label(
     from stages.pseudo_label import pseudo_label as run_stage
 
     run_stage(Run(run), PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
+                                          saliency_dir=saliency, saliency_threshold=saliency_threshold,
                                           fg_threshold=fg_threshold, bg_threshold=bg_threshold, raw=raw,
                                           name=name, workers=workers))
 

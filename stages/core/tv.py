@@ -4,7 +4,8 @@ torchvision wheels built for CUDA fail to import on a CPU-only torch: their comp
 and `torchvision/_meta_registrations.py` then registers fake kernels for `torchvision::nms` / `qnms`, operators
 that were never defined, raising `RuntimeError: operator torchvision::nms does not exist`. When (and only when)
 that happens we define the two operator schemas without any kernel and import again. Nothing in wsss calls nms;
-models, transforms and `ops.roi_align` (which falls back to its pure-PyTorch path) work as usual. On a matching
+models, transforms and `ops.roi_align` work as usual (roi_align then takes torchvision's pure-PyTorch path,
+which it compiles with torch.compile on first use: about 20 s once per process on this CPU). On a matching
 CUDA or CPU install the first import succeeds and this shim does nothing.
 """
 

@@ -5,7 +5,9 @@ A method is an `nn.Module` class built as `Method(CamModelConfig, num_classes, M
   - `forward(images) -> logits (N, C)`: classification, used for validation mAP;
   - `training_losses(images, labels) -> dict[str, Tensor]`: the terms summed into the training loss;
   - `cams(images) -> (N, C, h, w)`: non-negative class activation maps, what `wsss infer-cam` fuses;
-  - `param_groups() -> (backbone params, new-layer params)`: new layers get a higher learning rate.
+  - `param_groups() -> (backbone params, new-layer params)`: new layers get a higher learning rate;
+  - optionally `uses_saliency` (True when its options need saliency maps): `training_losses` then also gets
+    `saliency` (N, H, W) in [0, 1] and `has_saliency` (N,) (False where an image has no map).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from torch import nn
 from ..core.checkpoint import load_state
 from ..core.errors import UserError
 from .baseline import BaselineCam, CamModelConfig
+from .l2g import L2GCam
 from .seam import SeamCam
 
 CAM_METHODS = {
     "baseline": BaselineCam,
     "seam": SeamCam,
+    "l2g": L2GCam,
 }
 
 

@@ -19,8 +19,8 @@ from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset
 from .data.saliency import DirectorySaliency
-from .saliency import SALIENCY_DIR
 from .methods import CamModelConfig, build_cam_model
+from .saliency import SALIENCY_DIR
 
 CHECKPOINT = "cam/checkpoint.pt"
 

@@ -132,10 +132,10 @@ class SplitDataset(Dataset):
         sample = self.samples[index]
         image = load_image(sample.image)
         mask = load_mask(self.mask_path(sample)) if self.with_masks else None
-        has_saliency = self.saliency is not None and self.saliency.has(sample.id)
-        saliency = self.saliency(sample.id, image) if has_saliency else None
-        if self.saliency is not None and not has_saliency:
-            saliency = np.zeros(image.shape[:2], dtype=np.float32)
+        saliency = has_saliency = None
+        if self.saliency is not None:
+            has_saliency = self.saliency.has(sample.id)
+            saliency = self.saliency(sample.id, image) if has_saliency else np.zeros(image.shape[:2], np.float32)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask, saliency = self.augment(rng, image, mask, saliency)

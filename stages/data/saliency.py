@@ -55,6 +55,7 @@ Deviations from the paper and its released code, and the choices made where they
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +74,14 @@ CONTRAST_B = 10.0  # slope of the contrast-enhancing sigmoid
 RECONSTRUCTION_ROUNDS = 2
 
 
-class SaliencySource:
+class SaliencySource(ABC):
     """Gives the saliency map of an image: `source(image_id, image)` -> (H, W) float32 in [0, 1]."""
 
     name: str = ""
 
+    @abstractmethod
     def __call__(self, image_id: str, image: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The (H, W) float32 map in [0, 1] of `image` (H, W, 3 uint8 RGB), whose id is `image_id`."""
 
 
 class MinimumBarrierSaliency(SaliencySource):

@@ -2,13 +2,15 @@
 and train-cam time per epoch, each as mean and spread. Results: `benchmarks/results/methods.json`.
 
     python benchmarks/methods.py --methods baseline,seam --seeds 0,1,2 [--stop-after pseudo] [--raw-cams]
-        [--fitted-thresholds]
+        [--fitted-thresholds] [--saliency] [--refine crf,saliency+crf] [--segment-on crf]
 
 Each (method, seed) runs in its own folder `runs/methods/<method>-s<seed>/` with the pipeline of `make all`
 (CAM inference at 1.0/0.5/1.5 + flip, IRN thresholds, CRF pseudo masks, segmenter on them); all runs share one
 generated dataset. A finished stage is not re-run (its manifest entry exists), so the script can be resumed.
 Variants of a method are named `NAME:KEY=VALUE;KEY=VALUE`: each KEY=VALUE goes to `train-cam -o KEY=VALUE`,
 except keys spelled as train-cam flags (`--output-stride=8`), which are passed as `--output-stride 8`.
+`--saliency` computes the built-in saliency maps of the shared dataset once (run `runs/methods/saliency`, which
+also records their quality) and passes them to train-cam (L2G shape transfer) and pseudo-label (`--refine saliency`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- bench:methods:start -->", "<!-- bench:methods:end -->")
 COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM (train)"),
            ("pseudo-crf_train_miou", "pseudo masks, CRF (train)"),
+           ("pseudo-saliency_train_miou", "pseudo masks, saliency (train)"),
+           ("pseudo-saliency+crf_train_miou", "pseudo masks, saliency + CRF (train)"),
            ("pseudo-crf-raw_train_miou", "pseudo masks from raw CAMs, CRF (train)"),
            ("pseudo-crf-fitted_train_miou", "pseudo masks, CRF, fitted fg thr. (train)"),
            ("pseudo-crf-raw-fitted_train_miou", "pseudo masks from raw CAMs, CRF, fitted fg thr. (train)"),
-           ("segment-pseudo-crf_val_miou", "segmenter (val)"))
+           ("segment-pseudo-crf_val_miou", "segmenter (val)"),
+           ("segment-pseudo-saliency+crf_val_miou", "segmenter on saliency + CRF masks (val)"))
 STAGES = ("cam", "pseudo", "segment")
 
 
@@ -62,15 +67,27 @@ def fitted_pseudo_masks(run: Path, cams: str) -> None:
     wsss("evaluate", f"pseudo/{mask_set}", "--run", str(run), "--split", "train")
 
 
+def shared_saliency(runs: Path, data: Path) -> Path:
+    """The built-in saliency maps of the shared dataset's train split, computed once; returns their directory."""
+    run = runs / "saliency"
+    if not done(run, "data"):
+        wsss("data", "synth", "--run", str(run), "--out", str(data))
+    if not done(run, "saliency/train"):
+        wsss("saliency", "--run", str(run), "--split", "train")
+    return run / "saliency"
+
+
 def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Path, stop_after: str,
-                 raw_cams: bool, fitted: bool) -> None:
+                 raw_cams: bool, fitted: bool, saliency: Path | None, refine_sets: list[str],
+                 segment_on: str) -> None:
     run_args = ["--run", str(run)]
+    saliency_args = ["--saliency", str(saliency)] if saliency else []
     if not done(run, "data"):
         wsss("data", "synth", *run_args, "--out", str(data))
     if not done(run, "train-cam"):
         option_args = [arg for option in options
                        for arg in (option.split("=", 1) if option.startswith("--") else ("-o", option))]
-        wsss("train-cam", *run_args, "--method", method, *option_args, "--seed", str(seed))
+        wsss("train-cam", *run_args, "--method", method, *option_args, *saliency_args, "--seed", str(seed))
     if not done(run, "evaluate/cams_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5")
         wsss("evaluate", "cams", *run_args, "--split", "train")
@@ -80,9 +97,11 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
         wsss("evaluate", "cams-raw", *run_args, "--split", "train")
     if stop_after == "cam":
         return
-    if not done(run, "evaluate/pseudo-crf_train"):
-        wsss("pseudo-label", *run_args, "--refine", "crf")
-        wsss("evaluate", "pseudo/crf", *run_args, "--split", "train")
+    for mask_set in refine_sets:
+        if not done(run, f"evaluate/pseudo-{mask_set}_train"):
+            uses_saliency = "saliency" in mask_set.split("+")
+            wsss("pseudo-label", *run_args, "--refine", mask_set.replace("+", ","), *(saliency_args if uses_saliency else []))
+            wsss("evaluate", f"pseudo/{mask_set}", *run_args, "--split", "train")
     if raw_cams and not done(run, "evaluate/pseudo-crf-raw_train"):
         wsss("pseudo-label", *run_args, "--refine", "crf", "--raw")
         wsss("evaluate", "pseudo/crf-raw", *run_args, "--split", "train")
@@ -91,17 +110,18 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
             fitted_pseudo_masks(run, cams)
     if stop_after == "pseudo":
         return
-    if not done(run, "evaluate/segment-pseudo-crf_val"):
-        wsss("segment", *run_args, "--labels", "pseudo", "--pseudo", "crf", "--seed", str(seed))
-        wsss("evaluate", "segment/pseudo-crf", *run_args, "--split", "val")
+    if not done(run, f"evaluate/segment-pseudo-{segment_on}_val"):
+        wsss("segment", *run_args, "--labels", "pseudo", "--pseudo", segment_on, "--seed", str(seed))
+        wsss("evaluate", f"segment/pseudo-{segment_on}", *run_args, "--split", "val")
 
 
 def collect(run: Path) -> dict:
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     numbers = {"train_cam_epoch_seconds": stages["train-cam"]["metrics"]["epoch_seconds"],
                "classifier_val_map": stages["train-cam"]["metrics"].get("val_map")}
-    for name in ("cams_train", "cams-raw_train", "pseudo-crf_train", "pseudo-crf-raw_train", "pseudo-crf-fitted_train",
-                 "pseudo-crf-raw-fitted_train", "segment-pseudo-crf_val"):
+    for name in ("cams_train", "cams-raw_train", "pseudo-crf_train", "pseudo-saliency_train", "pseudo-saliency+crf_train",
+                 "pseudo-crf-raw_train", "pseudo-crf-fitted_train", "pseudo-crf-raw-fitted_train",
+                 "segment-pseudo-crf_val", "segment-pseudo-saliency+crf_val"):
         path = run / "eval" / f"{name}.json"
         if path.exists():
             result = json.loads(path.read_text())
@@ -131,11 +151,23 @@ def main() -> None:
     parser.add_argument("--fitted-thresholds", action="store_true",
                         help="also make pseudo masks with the foreground threshold set to the CAMs' best "
                              "background threshold on train (fitted on ground truth)")
+    parser.add_argument("--saliency", action="store_true",
+                        help="compute the built-in saliency maps once and give them to train-cam and pseudo-label")
+    parser.add_argument("--refine", default="crf", help="comma list of pseudo-mask sets to make and score, each "
+                                                        "a refinement spelled with + (crf, saliency, saliency+crf)")
+    parser.add_argument("--segment-on", default="crf", help="the pseudo-mask set the segmenter trains on")
     parser.add_argument("--runs", type=Path, default=Path("runs/methods"))
     args = parser.parse_args()
     runs = args.runs if args.runs.is_absolute() else ROOT / args.runs
     seeds = [int(seed) for seed in args.seeds.split(",")]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    refine_sets = [name for name in args.refine.split(",") if name]
+    if any("saliency" in name.split("+") for name in refine_sets) and not args.saliency:
+        parser.error("pseudo-mask sets with saliency need --saliency")
+    saliency = shared_saliency(runs, runs / "synth") if args.saliency else None
+    if saliency:
+        info = json.loads((saliency / "info-train.json").read_text())
+        results["saliency (built-in mbd, train)"] = {"mae": info.get("mae"), "max_f": info.get("max_f")}
     for spec in args.methods.split(","):
         method, _, option_text = spec.partition(":")
         options = [option for option in option_text.split(";") if option]
@@ -143,7 +175,7 @@ def main() -> None:
         for seed in seeds:
             run = runs / f"{spec.replace(':', '_').replace(';', '_').replace('=', '-')}-s{seed}"
             run_pipeline(run, method, options, seed, runs / "synth", args.stop_after, args.raw_cams,
-                         args.fitted_thresholds)
+                         args.fitted_thresholds, saliency, refine_sets, args.segment_on)
             per_seed.append({"seed": seed, **collect(run)})
         results[spec] = {"seeds": per_seed, "summary": summarise([{k: v for k, v in s.items() if k != "seed"}
                                                                   for s in per_seed])}
@@ -160,6 +192,7 @@ def main() -> None:
 def results_table(results: dict) -> str:
     """Markdown: mIoU mean ± sample std over seeds (n), and train-cam seconds per epoch (median over seeds).
     A column no method has a number for is left out."""
+    results = {spec: result for spec, result in results.items() if "summary" in result}
     columns = [(key, title) for key, title in COLUMNS if any(key in r["summary"] for r in results.values())]
     header = "| method | seeds | " + " | ".join(title for _, title in columns) + " | train-cam s/epoch |"
     lines = [header, "|---" * (len(columns) + 3) + "|"]

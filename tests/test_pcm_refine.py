@@ -65,8 +65,9 @@ def test_pcm_computes_the_affinity_once_per_image(tmp_path):
     original = refinement.model.pcm_affinity
     refinement.model.pcm_affinity = lambda *args: calls.append(1) or original(*args)
     image = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    scores = np.full((2, 32, 32), 0.3, dtype=np.float32)
-    for threshold_pass in range(2):  # pseudo-label refines the fg- and bg-threshold stacks of one image
-        refinement.refine_scores(ImageItem("same", image), scores)
-    refinement.refine_scores(ImageItem("other", image), scores)
+    cams = np.zeros((1, 32, 32), dtype=np.float32)
+    cams[0, 8:24, 8:24] = 0.9
+    # make_pseudo_mask refines the fg- and bg-threshold stacks of one image: one affinity per image.
+    make_pseudo_mask(ImageItem("a", image), cams, np.array([1]), PseudoLabelConfig(), [refinement])
+    make_pseudo_mask(ImageItem("b", image), cams, np.array([1]), PseudoLabelConfig(), [refinement])
     assert len(calls) == 2

@@ -92,8 +92,7 @@ def class_logits(class_map: torch.Tensor) -> torch.Tensor:
     return class_map[:, 1:].mean(dim=(2, 3))
 
 
-def local_view_boxes(height: int, width: int, side: int, views: int, mode: str, batch: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def local_view_boxes(height: int, width: int, side: int, views: int, mode: str, batch: int) -> torch.Tensor:
     """(batch * views, 5) RoIAlign boxes [image index, x1, y1, x2, y2] in pixels (x2, y2 exclusive) of square views.
 
     "random": each image gets its own uniformly drawn integer positions; "uniform": the same grid for all images,
@@ -102,8 +101,8 @@ def local_view_boxes(height: int, width: int, side: int, views: int, mode: str, 
     if not 0 < side <= min(height, width):
         raise UserError(f"local view of {side} px does not fit a {width}x{height} crop")
     if mode == "random":
-        x = torch.randint(0, width - side + 1, (batch, views), generator=generator)
-        y = torch.randint(0, height - side + 1, (batch, views), generator=generator)
+        x = torch.randint(0, width - side + 1, (batch, views))  # the global RNG, seeded by the stage
+        y = torch.randint(0, height - side + 1, (batch, views))
     elif mode == "uniform":
         rows = max(1, math.isqrt(views))
         cols = math.ceil(views / rows)

@@ -11,9 +11,9 @@ in the order given. The base class leaves both untouched, so each refinement ove
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,6 +24,13 @@ from ..core.errors import UserError
 class ImageItem:
     id: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
+    # Per-image values a refinement computes once: pseudo-label refines two score stacks (its two thresholds).
+    computed: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def once(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.computed:
+            self.computed[key] = compute()
+        return self.computed[key]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The score stack (the background threshold and the CAMs) is carried through the p
 checkpoint's PCM computes for the image, at the network's feature resolution, then upsampled back: the same
 operation SEAM applies to its own CAMs, here usable on CAMs from any method. Each affinity row sums to one, so
 the constant background row stays constant and only the CAMs are redistributed between similar pixels.
-The affinity of the last image is kept: pseudo-label refines two score stacks (the two thresholds) per image.
+The affinity is computed once per image (`ImageItem.once`), though pseudo-label refines two score stacks.
 """
 
 from __future__ import annotations
@@ -37,18 +37,16 @@ class PcmRefinement(Refinement):
 
     def __init__(self, checkpoint: Path):
         self.model = cam_model_from_checkpoint(check_pcm_checkpoint(checkpoint), checkpoint)
-        self._last: tuple[str, torch.Tensor, tuple[int, int]] | None = None  # (image id, affinity, feature size)
 
-    def affinity(self, item: ImageItem) -> tuple[torch.Tensor, tuple[int, int]]:
-        if self._last is None or self._last[0] != item.id:
-            images = normalize(item.image)[None]
-            _, features = self.model.cam_and_features(images)
-            self._last = (item.id, self.model.pcm_affinity(features, images), tuple(features[-1].shape[-2:]))
-        return self._last[1], self._last[2]
+    def affinity(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The image's PCM affinity and the feature map size it lives at."""
+        images = normalize(image)[None]
+        _, features = self.model.cam_and_features(images)
+        return self.model.pcm_affinity(features, images), tuple(features[-1].shape[-2:])
 
     @torch.inference_mode()
     def refine_scores(self, item: ImageItem, scores: np.ndarray) -> np.ndarray:
-        affinity, feature_size = self.affinity(item)
+        affinity, feature_size = item.once("pcm_affinity", lambda: self.affinity(item.image))
         small = F.interpolate(torch.from_numpy(scores)[None].float(), size=feature_size, mode="bilinear",
                               align_corners=False)
         refined = apply_affinity(small, affinity)

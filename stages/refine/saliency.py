@@ -31,6 +31,6 @@ class SaliencyBackground(Refinement):
         self.threshold = threshold
 
     def refine_scores(self, item: ImageItem, scores: np.ndarray) -> np.ndarray:
-        saliency = self.source(item.id, item.image)
+        saliency = item.once("saliency", lambda: self.source(item.id, item.image))
         background = np.where(saliency < self.threshold, np.float32(1), scores[0])
         return np.concatenate([background[None].astype(scores.dtype), scores[1:]])

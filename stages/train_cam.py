@@ -18,7 +18,7 @@ from .core.errors import UserError
 from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset
-from .data.saliency import DirectorySaliency
+from .data.saliency import MAKE_MAPS_HINT, DirectorySaliency
 from .methods import CamModelConfig, build_cam_model
 from .saliency import SALIENCY_DIR
 
@@ -101,7 +101,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
 def saliency_directory(run: Run, config: TrainCamConfig, samples: list) -> str:
     """The saliency maps' directory for a method that uses them; an error if it covers none of the images."""
     directory = config.saliency_dir or str(run.path(SALIENCY_DIR))
-    source = DirectorySaliency(directory, hint="run `wsss saliency` first or pass --saliency DIR")
+    source = DirectorySaliency(directory, hint=MAKE_MAPS_HINT)
     covered = sum(source.has(sample.id) for sample in samples)
     if covered == 0:
         raise UserError(f"{directory} has no saliency map for any of the {len(samples)} {config.train_split} images "

@@ -72,6 +72,8 @@ CONTRAST_B = 10.0  # slope of the contrast-enhancing sigmoid
 # Rounds of sweeps of the smoothing's reconstructions: converging takes 4 to 30+ rounds on noisy maps, for the
 # same max F on the synthetic benchmark as 2 rounds, and would double the time of the whole method.
 RECONSTRUCTION_ROUNDS = 2
+# How a user gets the maps that a stage reading them did not find.
+MAKE_MAPS_HINT = "run `wsss saliency` first or pass --saliency DIR"
 
 
 class SaliencySource(ABC):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.saliency import DirectorySaliency
+from ..data.saliency import MAKE_MAPS_HINT, DirectorySaliency
 from . import ImageItem, Refinement
 
 
@@ -24,10 +24,10 @@ class SaliencyBackground(Refinement):
 
     def __init__(self, directory: str, threshold: float = 0.5):
         if not directory:
-            raise UserError("--refine saliency needs saliency maps: run `wsss saliency` first or pass --saliency DIR")
+            raise UserError(f"--refine saliency needs saliency maps: {MAKE_MAPS_HINT}")
         if not 0 < threshold <= 1:
             raise UserError(f"saliency threshold must be in (0, 1], got {threshold}")
-        self.source = DirectorySaliency(directory, hint="run `wsss saliency` first or pass --saliency DIR")
+        self.source = DirectorySaliency(directory, hint=MAKE_MAPS_HINT)
         self.threshold = threshold
 
     def refine_scores(self, item: ImageItem, scores: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset
 from .data.saliency import MAKE_MAPS_HINT, DirectorySaliency
-from .methods import CamModelConfig, build_cam_model
+from .methods import CamModelConfig, build_aux_loss, build_cam_model
 from .saliency import SALIENCY_DIR
 
 CHECKPOINT = "cam/checkpoint.pt"
@@ -29,6 +29,8 @@ CHECKPOINT = "cam/checkpoint.pt"
 class TrainCamConfig:
     method: str = "baseline"
     method_options: dict[str, str] = field(default_factory=dict)  # the method's Options, as KEY=VALUE strings
+    aux: str = ""  # an add-on loss for two-view methods ("ppc"), or none
+    aux_options: dict[str, str] = field(default_factory=dict)  # its Options, as KEY=VALUE strings
     model: CamModelConfig = field(default_factory=CamModelConfig)
     train_split: str = "train"
     val_split: str = "val"
@@ -61,14 +63,20 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
     train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed, saliency_dir=saliency_dir)
     loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
-    optimizer = make_optimizer(*model.param_groups(), optim)
+    aux = build_aux_loss(config.aux, config.aux_options, model, config.method, num_classes).to(device) if config.aux else None
+    backbone_params, head_params = model.param_groups()
+    optimizer = make_optimizer(backbone_params, head_params + (list(aux.parameters()) if aux else []), optim)
 
     def losses(batch: dict) -> dict[str, torch.Tensor]:
         images = batch["image"].to(device, non_blocking=True, memory_format=memory_format(device))
+        labels = batch["labels"].to(device, non_blocking=True)
         extra = {}
         if saliency_dir:
             extra = {"saliency": batch["saliency"].to(device, non_blocking=True), "has_saliency": batch["has_saliency"]}
-        return model.training_losses(images, batch["labels"].to(device, non_blocking=True), **extra)
+        if aux is None:
+            return model.training_losses(images, labels, **extra)
+        views = model.training_views(images, labels, **extra)
+        return {**views.losses, **aux(views, labels)}
 
     # Validation images are resized to the crop size (no randomness) so they batch whatever their size.
     val_set = SplitDataset(val_samples, num_classes, seed=config.seed,
@@ -84,7 +92,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
 
     with run.stage("train-cam", asdict(config)) as record:
         record.inputs += [run.path("dataset.json")] + ([saliency_dir] if saliency_dir else [])
-        console.print(f"train-cam: {config.method} on {len(train_samples)} {config.train_split} images, "
+        console.print(f"train-cam: {config.method}{' + ' + config.aux if aux else ''} on {len(train_samples)} {config.train_split} images, "
                       f"{config.model.backbone} OS{config.model.output_stride}, device {device}")
         model.train()
         train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, amp=config.amp, losses_fn=losses,

@@ -137,8 +137,8 @@ def test_method_options_convert_types_and_reject_unknown_keys():
     built = method_options(Options, {"scale": "0.25", "steps": "7", "flip": "yes", "sizes": "4,5,6"}, "demo")
     assert built == Options(scale=0.25, steps=7, flip=True, sizes=(4, 5, 6))
     with pytest.raises(UserError, match="method 'demo' has no option 'speed' \\(its options: scale, steps"):
-        method_options(Options, {"speed": "1"}, "demo")
+        method_options(Options, {"speed": "1"}, "method 'demo'")
     with pytest.raises(UserError, match="option steps='many': expected a int"):
         method_options(Options, {"steps": "many"}, "demo")
-    with pytest.raises(UserError, match="has no option 'x' \\(its options: none\\)"):
+    with pytest.raises(UserError, match="has no option 'x' \\(its options: view_scale\\)"):
         build_cam_model("baseline", CamModelConfig(), 3, {"x": "1"})

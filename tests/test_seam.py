@@ -58,8 +58,8 @@ def test_er_is_zero_for_an_exactly_equivariant_network(transform, monkeypatch):
     losses = model.training_losses(images, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
     assert losses["er"].item() < 1e-6
     # A wrong alignment (A then a vertical flip) leaves a difference: the zero is the alignment's doing.
-    misaligned = cross_view_losses(*model._branch(images)[1:],
-                                   *model._branch(spatial_transform(images, transform))[1:], torch.ones(2, 3),
+    misaligned = cross_view_losses(*model._branch(images)[1:3],
+                                   *model._branch(spatial_transform(images, transform))[1:3], torch.ones(2, 3),
                                    lambda x: spatial_transform(x, transform).flip(-2), 0.2)
     assert misaligned["er"].item() > 1e-2
 

@@ -13,7 +13,7 @@ import typer
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
 from stages.infer_cam import InferCamConfig
-from stages.methods import CAM_METHODS
+from stages.methods import AUX_LOSSES, CAM_METHODS
 from stages.pseudo_label import PseudoLabelConfig
 from stages.saliency import SaliencyConfig
 from stages.segment import SegmentConfig
@@ -86,12 +86,12 @@ def pair(text: str, option: str) -> tuple[float, float]:
     return values
 
 
-def key_values(pairs: list[str]) -> dict[str, str]:
+def key_values(pairs: list[str], flag: str = "--option") -> dict[str, str]:
     values = {}
     for pair_text in pairs:
         key, separator, value = pair_text.partition("=")
         if not separator or not key.strip():
-            raise UserError(f"--option takes KEY=VALUE, got {pair_text!r}")
+            raise UserError(f"{flag} takes KEY=VALUE, got {pair_text!r}")
         values[key.strip()] = value.strip()
     return values
 
@@ -181,6 +181,10 @@ def train_cam(
     method: Annotated[str, typer.Option(help="CAM method: " + ", ".join(CAM_METHODS) + ".")] = CAM.method,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", "-o", help="A method hyper-parameter KEY=VALUE (repeatable); see the method's Options.")] = None,
+    aux: Annotated[str, typer.Option(help="An add-on loss for two-view methods (seam, baseline): " + ", ".join(AUX_LOSSES)
+                                          + " (PPC, pixel-to-prototype contrast); '' for none.")] = CAM.aux,
+    aux_option: Annotated[Optional[list[str]], typer.Option(
+        "--aux-option", help="An add-on hyper-parameter KEY=VALUE (repeatable), e.g. intra_weight=0.")] = None,
     backbone: Annotated[str, typer.Option(help="resnet10, resnet18, resnet34, resnet50 or resnet101.")] = CAM.model.backbone,
     output_stride: Annotated[int, typer.Option(help="Backbone output stride: 8, 16 or 32.")] = CAM.model.output_stride,
     pretrained: Annotated[str, typer.Option(help="none, imagenet (torchvision weights) or a weights file.")] = CAM.model.pretrained,
@@ -215,7 +219,7 @@ def train_cam(
     method_options.update({key: str(value) for key, value in
                            (("local_backbone", local_backbone), ("local_views", local_views)) if value is not None})
     config = TrainCamConfig(
-        method=method, method_options=method_options, saliency_dir=saliency, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
+        method=method, method_options=method_options, aux=aux, aux_options=key_values(aux_option or [], "--aux-option"), saliency_dir=saliency, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
         train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
         scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, amp=amp, seed=seed,

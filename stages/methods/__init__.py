@@ -7,7 +7,13 @@ A method is an `nn.Module` class built as `Method(CamModelConfig, num_classes, M
   - `cams(images) -> (N, C, h, w)`: non-negative class activation maps, what `wsss infer-cam` fuses;
   - `param_groups() -> (backbone params, new-layer params)`: new layers get a higher learning rate;
   - optionally `uses_saliency` (True when its options need saliency maps): `training_losses` then also gets
-    `saliency` (N, H, W) in [0, 1] and `has_saliency` (N,) (False where an image has no map).
+    `saliency` (N, H, W) in [0, 1] and `has_saliency` (N,) (False where an image has no map);
+  - optionally `training_views(images, labels) -> TrainingViews`: its terms plus both views' class maps and
+    features, which makes it usable with an add-on loss.
+
+An add-on loss (`wsss train-cam --aux NAME`) is an `nn.Module` class built as `Aux(feature_channels, num_classes,
+Aux.Options(...))` whose `forward(TrainingViews, labels) -> dict[str, Tensor]` gives extra terms. Its parameters
+train with the new layers' learning rate; it is not saved in the checkpoint (inference does not use it).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ..core.checkpoint import load_state
 from ..core.errors import UserError
 from .baseline import BaselineCam, CamModelConfig
 from .l2g import L2GCam
+from .ppc import PixelPrototypeContrast
 from .seam import SeamCam
 
 CAM_METHODS = {
@@ -29,12 +36,27 @@ CAM_METHODS = {
     "l2g": L2GCam,
 }
 
+AUX_LOSSES = {
+    "ppc": PixelPrototypeContrast,
+}
+
 
 def build_cam_model(method: str, config: CamModelConfig, num_classes: int, options: dict[str, Any] | None = None):
     if method not in CAM_METHODS:
         raise UserError(f"unknown CAM method {method!r} (choose from {', '.join(CAM_METHODS)})")
     model_class = CAM_METHODS[method]
-    return model_class(config, num_classes, method_options(model_class.Options, options or {}, method))
+    return model_class(config, num_classes, method_options(model_class.Options, options or {}, f"method {method!r}"))
+
+
+def build_aux_loss(name: str, options: dict[str, Any], model: nn.Module, method: str, num_classes: int) -> nn.Module:
+    """The add-on loss `name` for a built CAM model; an error if the model has no two views to give it."""
+    if name not in AUX_LOSSES:
+        raise UserError(f"unknown add-on loss {name!r} (choose from {', '.join(AUX_LOSSES)})")
+    if not hasattr(model, "training_views"):
+        two_view = ", ".join(m for m, cls in CAM_METHODS.items() if hasattr(cls, "training_views"))
+        raise UserError(f"--aux {name} needs a method with two views ({two_view}); {method!r} has none")
+    aux_class = AUX_LOSSES[name]
+    return aux_class(model.backbone.channels[-1], num_classes, method_options(aux_class.Options, options, f"add-on {name!r}"))
 
 
 def cam_model_from_checkpoint(payload: dict[str, Any], path) -> nn.Module:
@@ -47,14 +69,15 @@ def cam_model_from_checkpoint(payload: dict[str, Any], path) -> nn.Module:
     return model.eval()
 
 
-def method_options(options_class, values: dict[str, Any], method: str):
-    """Build a method's Options from KEY=VALUE pairs, converting each value to the field's type."""
+def method_options(options_class, values: dict[str, Any], owner: str):
+    """Build a method's (or add-on's) Options from KEY=VALUE pairs, converting each value to the field's type;
+    `owner` names it in errors ("method 'seam'")."""
     fields = {field.name: field for field in dataclasses.fields(options_class)}
     converted = {}
     for key, value in values.items():
         if key not in fields:
             known = ", ".join(fields) or "none"
-            raise UserError(f"method {method!r} has no option {key!r} (its options: {known})")
+            raise UserError(f"{owner} has no option {key!r} (its options: {known})")
         default = getattr(options_class(), key)
         converted[key] = _convert(value, default, key)
     return options_class(**converted)
@@ -76,4 +99,4 @@ def _convert(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"option {key}={value!r}: expected a {type(default).__name__} like {default!r}") from None
 
 
-__all__ = ["CAM_METHODS", "CamModelConfig", "build_cam_model", "cam_model_from_checkpoint", "method_options"]
+__all__ = ["AUX_LOSSES", "CAM_METHODS", "CamModelConfig", "build_aux_loss", "build_cam_model", "cam_model_from_checkpoint", "method_options"]

@@ -55,7 +55,8 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..models.backbone import Backbone
-from .baseline import CamModelConfig
+from .baseline import CamModelConfig, rescale, rescale_to
+from .views import TrainingViews, ViewMaps
 
 TRANSFORMS = ("rescale", "flip", "rotate90")
 EPS = 1e-5
@@ -105,9 +106,7 @@ def spatial_transform(x: torch.Tensor, transform: str, scale: float = 1.0,
     """A(x) on (N, K, H, W): bilinear rescale (align_corners=True, as the official code) to `size` or by
     `scale` (floored, at least 1 px); horizontal flip; or a quarter turn (counter-clockwise)."""
     if transform == "rescale":
-        if size is None:
-            size = (max(1, int(x.shape[-2] * scale)), max(1, int(x.shape[-1] * scale)))
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+        return rescale(x, scale) if size is None else rescale_to(x, size)
     if transform == "flip":
         return x.flip(-1)
     if transform == "rotate90":
@@ -261,15 +260,16 @@ class SeamCam(nn.Module):
         """Raw CAM logits (N, C, h, w) → PCM-refined (N, C+1, h, w), background first; gradient to the PCM only."""
         return apply_affinity(pcm_seeds(cam), self.pcm_affinity(features, images))
 
-    def _branch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ logits (N, C), raw CAM (N, C, H, W) and refined CAM (N, C+1, H, W), both upsampled to the input."""
+    def _branch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ViewMaps]:
+        """→ logits (N, C), raw CAM (N, C, H, W) and refined CAM (N, C+1, H, W), both upsampled to the input,
+        and the view's refined foreground and last features at feature resolution (for add-on losses)."""
         cam, features = self.cam_and_features(images)
-        refined = self.refine(cam, features, images)
+        refined_small = self.refine(cam, features, images)
         size = images.shape[-2:]
         logits = cam.float().mean(dim=(-2, -1))
         raw = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=True)
-        refined = F.interpolate(refined, size=size, mode="bilinear", align_corners=True)
-        return logits, raw, refined
+        refined = F.interpolate(refined_small, size=size, mode="bilinear", align_corners=True)
+        return logits, raw, refined, ViewMaps(F.relu(refined_small[:, 1:]), features[-1])
 
     # -- the method protocol --------------------------------------------------------------------------------------
 
@@ -278,22 +278,28 @@ class SeamCam(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(features, 1)).flatten(1)
 
     def training_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.training_views(images, labels).losses
+
+    def training_views(self, images: torch.Tensor, labels: torch.Tensor) -> TrainingViews:
+        """SEAM's loss terms, and both views' PCM-refined foreground and last features (for add-on losses)."""
         options = self.options
         labels = labels.float()
         view2 = spatial_transform(images, options.transform, options.view_scale)
-        logits1, raw1, refined1 = self._branch(images)
-        logits2, raw2, refined2 = self._branch(view2)
+        logits1, raw1, refined1, maps1 = self._branch(images)
+        logits2, raw2, refined2, maps2 = self._branch(view2)
         size2 = raw2.shape[-2:]
 
-        def align(maps: torch.Tensor) -> torch.Tensor:
-            return spatial_transform(maps, options.transform, size=size2)
+        def align_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+            return spatial_transform(maps, options.transform, size=size)
 
         cls = (F.multilabel_soft_margin_loss(logits1, labels) + F.multilabel_soft_margin_loss(logits2, labels)) / 2
         masks = labels[:, :, None, None]
         rvmin = (min_pooling_loss(refined1[:, 1:] * masks) + min_pooling_loss(refined2[:, 1:] * masks)) / 2
-        terms = cross_view_losses(raw1, refined1, raw2, refined2, labels, align, options.ecr_top_fraction)
-        return {"cls": options.cls_weight * cls, "er": options.er_weight * terms["er"],
-                "ecr": options.ecr_weight * terms["ecr"], "rvmin": options.rvmin_weight * rvmin}
+        terms = cross_view_losses(raw1, refined1, raw2, refined2, labels, lambda maps: align_to(maps, size2),
+                                  options.ecr_top_fraction)
+        losses = {"cls": options.cls_weight * cls, "er": options.er_weight * terms["er"],
+                  "ecr": options.ecr_weight * terms["ecr"], "rvmin": options.rvmin_weight * rvmin}
+        return TrainingViews(losses, maps1, maps2, align_to)
 
     def raw_cams(self, images: torch.Tensor) -> torch.Tensor:
         """The classifier's ReLU'd class maps (N, C, h, w), as the baseline's `cams`."""

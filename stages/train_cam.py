@@ -58,12 +58,12 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
     num_classes = dataset.num_classes
 
     model = build_cam_model(config.method, config.model, num_classes, config.method_options).to(device, memory_format=memory_format(device))
+    aux = build_aux_loss(config.aux, config.aux_options, model, config.method, num_classes).to(device) if config.aux else None
     saliency_dir = saliency_directory(run, config, train_samples) if getattr(model, "uses_saliency", False) else None
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed, saliency_dir=saliency_dir)
     loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
-    aux = build_aux_loss(config.aux, config.aux_options, model, config.method, num_classes).to(device) if config.aux else None
     backbone_params, head_params = model.param_groups()
     optimizer = make_optimizer(backbone_params, head_params + (list(aux.parameters()) if aux else []), optim)
 

@@ -65,6 +65,13 @@ def test_method_options_are_checked(tmp_path):
     assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--option", "novalue"), "KEY=VALUE")
     assert_one_line_error(invoke("train-cam", "--run", tmp_path, "-o", "speed=3"), "has no option 'speed'")
     assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--local-views", "3"), "has no option 'local_views'")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--aux", "ppc", "--aux-option", "tau"),
+                          "--aux-option takes KEY=VALUE")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--aux", "ppc", "--aux-option", "tau=1"),
+                          "add-on 'ppc' has no option 'tau'")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--aux", "magic"), "unknown add-on loss 'magic'")
+    assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--method", "l2g", "--aux", "ppc"),
+                          "needs a method with two views")
 
 
 def test_saliency_inputs_are_checked(tmp_path):

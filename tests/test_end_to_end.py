@@ -170,3 +170,21 @@ def test_l2g_with_shape_transfer_trains_and_writes_global_cams(run_dir, tmp_path
     assert any(key.startswith("local_net.") for key in checkpoint["state_dict"])
     with h5py.File(run / "cams" / "train.h5") as file:
         assert json.loads(file.attrs["config"])["train"]["method"] == "l2g"
+
+
+def test_seam_with_ppc_trains_and_saves_no_projection_head(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "ppc"
+    run.mkdir()
+    for name in ("dataset.json", "manifest.json"):
+        shutil.copy(run_dir / name, run / name)
+    output = wsss("train-cam", "--run", run, "--method", "seam", "--aux", "ppc", "--aux-option", "dim=32",
+                  *TINY_TRAINING)
+    assert "seam + ppc" in output and "ppc_intra" in output
+    wsss("infer-cam", "--run", run, "--split", "train", "--scales", "1.0", "--workers", 0)
+    checkpoint = torch.load(run / "cam" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["aux"] == "ppc" and checkpoint["config"]["aux_options"] == {"dim": "32"}
+    assert not any("projection" in key for key in checkpoint["state_dict"])  # training-only head
+    with h5py.File(run / "cams" / "train.h5") as file:
+        assert json.loads(file.attrs["config"])["train"]["aux"] == "ppc"

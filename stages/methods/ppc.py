@@ -181,9 +181,10 @@ class PixelPrototypeContrast(nn.Module):
         size = tuple(views.second.cams.shape[-2:])
         first_cams = views.align(views.first.cams, size)
         first_embeddings = views.align(self.project(views.first.features), size)
+        second_embeddings = self.project(views.second.features)
         with torch.autocast(labels.device.type, enabled=False):
             one = self.view(first_cams, first_embeddings, labels)
-            two = self.view(views.second.cams, self.project(views.second.features), labels)
+            two = self.view(views.second.cams, second_embeddings, labels)
             t = options.temperature
             terms = {}
             if options.cross_prototype_weight:

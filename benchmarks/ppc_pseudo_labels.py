@@ -1,0 +1,126 @@
+"""How right are PPC's online pseudo labels and prototype pixels? Scores them against ground truth on the grids
+PPC works on, for trained CAM checkpoints. Results: `benchmarks/results/ppc_pseudo_labels.json`.
+
+    python benchmarks/ppc_pseudo_labels.py RUN [RUN ...] [--images 512]
+
+For each run's `cam/checkpoint.pt` it takes training crops (the stage's augmentation, seed 0), computes both views'
+class maps as training does (`training_views`), and, on each view's grid, the pseudo labels (PPC's argmax with the
+background score 0.2) and each class's top-K prototype pixels. The truth of a grid cell is the ground-truth class
+covering most of it. Reported per view: cell accuracy, foreground precision (cells labelled a class that are that
+class) and recall (cells of a class labelled so), the share of cells labelled foreground against the true share,
+and the precision of the prototype pixels (top-K over each batch of 16, as in training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stages.core.checkpoint import load_checkpoint  # noqa: E402
+from stages.core.runs import Run  # noqa: E402
+from stages.data.loading import Augment, SplitDataset  # noqa: E402
+from stages.methods import cam_model_from_checkpoint  # noqa: E402
+from stages.methods.ppc import PpcOptions, class_scores, prototype_confidence  # noqa: E402
+from stages.train_cam import CHECKPOINT, TrainCamConfig  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "ppc_pseudo_labels.json"
+
+
+def majority_labels(mask: torch.Tensor, size: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """(N, H, W) mask with 255 = ignore → (N, h, w): the class covering most of each cell (area shares)."""
+    one_hot = F.one_hot(mask.clamp(max=num_classes), num_classes + 1).permute(0, 3, 1, 2).float()[:, :num_classes]
+    return F.adaptive_avg_pool2d(one_hot, size).argmax(dim=1)
+
+
+class Tally:
+    def __init__(self):
+        self.counts = {"cells": 0, "correct": 0, "fg_labelled": 0, "fg_labelled_right": 0, "fg_true": 0,
+                       "fg_true_found": 0, "prototype_pixels": 0, "prototype_pixels_right": 0}
+
+    def add(self, predicted: torch.Tensor, truth: torch.Tensor, confidence: torch.Tensor, k: int) -> None:
+        c = self.counts
+        c["cells"] += truth.numel()
+        c["correct"] += int((predicted == truth).sum())
+        c["fg_labelled"] += int((predicted > 0).sum())
+        c["fg_labelled_right"] += int(((predicted > 0) & (predicted == truth)).sum())
+        c["fg_true"] += int((truth > 0).sum())
+        c["fg_true_found"] += int(((truth > 0) & (predicted == truth)).sum())
+        flat_truth = truth.flatten()
+        flat_confidence = confidence.permute(0, 2, 3, 1).flatten(0, 2)  # (M, C+1)
+        present = set(flat_truth.unique().tolist())
+        for cls in range(1, flat_confidence.shape[1]):  # prototypes of the classes in the batch
+            if cls in present:
+                top = flat_confidence[:, cls].topk(k).indices
+                c["prototype_pixels"] += k
+                c["prototype_pixels_right"] += int((flat_truth[top] == cls).sum())
+
+    def summary(self) -> dict:
+        c = self.counts
+        return {"cell_accuracy": c["correct"] / c["cells"],
+                "fg_precision": c["fg_labelled_right"] / max(c["fg_labelled"], 1),
+                "fg_recall": c["fg_true_found"] / max(c["fg_true"], 1),
+                "fg_share_labelled": c["fg_labelled"] / c["cells"], "fg_share_true": c["fg_true"] / c["cells"],
+                "prototype_pixel_precision": c["prototype_pixels_right"] / max(c["prototype_pixels"], 1),
+                **c}
+
+
+@torch.no_grad()
+def score_run(run_dir: Path, images: int, options: PpcOptions) -> dict:
+    run = Run(run_dir)
+    payload = load_checkpoint(run.path(CHECKPOINT), "cam")
+    model = cam_model_from_checkpoint(payload, run.path(CHECKPOINT))
+    model.train()  # batch statistics, as the training step sees them
+    config = TrainCamConfig(**{k: v for k, v in payload["config"].items() if k in ("base_size", "crop_size")})
+    dataset = run.dataset()
+    samples = dataset.split("train")[:images]
+    augment = Augment(config.base_size, config.crop_size, TrainCamConfig().scale_range)
+    loader = DataLoader(SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=True, seed=0), batch_size=16,
+                        drop_last=True)
+    tallies = {"first": Tally(), "second": Tally()}
+    shapes = {}
+    for batch in loader:
+        labels = batch["labels"].float()
+        views = model.training_views(batch["image"], labels)
+        for name, cams in (("first", views.first.cams), ("second", views.second.cams)):  # both show the crop
+            size = tuple(cams.shape[-2:])
+            shapes[name] = list(size)
+            k = max(1, round(options.top_k_fraction * size[0] * size[1]))
+            predicted = class_scores(cams, labels, options.bg_threshold).argmax(dim=1)
+            tallies[name].add(predicted, majority_labels(batch["mask"], size, dataset.num_classes),
+                              prototype_confidence(cams, labels), k)
+    method = payload["config"]["method"]
+    if payload["config"].get("method_options", {}).get("transform", "rescale") != "rescale":
+        raise SystemExit("only the rescale transform: the second view's truth is the crop's mask")
+    return {"run": str(run_dir), "method": method, "output_stride": payload["config"]["model"]["output_stride"],
+            "images": len(samples), "grids": shapes, **{name: t.summary() for name, t in tallies.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--images", type=int, default=512)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for run_dir in args.runs:
+        result = score_run(run_dir, args.images, PpcOptions())
+        results[run_dir.name] = result
+        print(json.dumps({k: result[k] for k in ("run", "grids")}), file=sys.stderr)
+        for view in ("first", "second"):
+            print(view, {k: round(v, 3) for k, v in result[view].items() if isinstance(v, float)}, file=sys.stderr)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@ def make_step(spec: str, device: torch.device, amp: bool):
     method, _, aux_name = spec.partition("+")
     defaults = TrainCamConfig()
     model = build_cam_model(method, CamModelConfig(), NUM_CLASSES).to(device).train()
-    aux = build_aux_loss(aux_name, {}, model, method, NUM_CLASSES).to(device) if aux_name else None
+    aux = build_aux_loss(aux_name, {}, model, method).to(device) if aux_name else None
     backbone, head = model.param_groups()
     optimizer = make_optimizer(backbone, head + (list(aux.parameters()) if aux else []),
                                OptimConfig(defaults.epochs, defaults.lr, defaults.head_lr_mult, defaults.weight_decay))

@@ -58,7 +58,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
     num_classes = dataset.num_classes
 
     model = build_cam_model(config.method, config.model, num_classes, config.method_options).to(device, memory_format=memory_format(device))
-    aux = build_aux_loss(config.aux, config.aux_options, model, config.method, num_classes).to(device) if config.aux else None
+    aux = build_aux_loss(config.aux, config.aux_options, model, config.method).to(device) if config.aux else None
     saliency_dir = saliency_directory(run, config, train_samples) if getattr(model, "uses_saliency", False) else None
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed, saliency_dir=saliency_dir)

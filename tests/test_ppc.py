@@ -89,7 +89,7 @@ def views_of(first_cams, second_cams, first_features, second_features, align=Non
 
 def test_the_loss_trains_the_features_and_head_but_never_the_class_maps():
     torch.manual_seed(0)
-    ppc = PixelPrototypeContrast(feature_channels=6, num_classes=3)
+    ppc = PixelPrototypeContrast(feature_channels=6)
     cams1 = torch.rand(2, 3, 4, 4, requires_grad=True)
     cams2 = torch.rand(2, 3, 2, 2, requires_grad=True)
     features1 = torch.rand(2, 6, 4, 4, requires_grad=True)
@@ -106,7 +106,7 @@ def test_terms_match_their_definitions_on_aligned_views():
     """With identical views (align = identity), each term is the plain contrast of its definition."""
     torch.manual_seed(1)
     options = PpcOptions(mining=False, temperature=0.5)
-    ppc = PixelPrototypeContrast(feature_channels=4, num_classes=2, options=options)
+    ppc = PixelPrototypeContrast(feature_channels=4, options=options)
     cams = torch.rand(2, 2, 3, 3)
     features = torch.rand(2, 4, 3, 3)
     labels = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
@@ -119,7 +119,7 @@ def test_terms_match_their_definitions_on_aligned_views():
 
 
 def test_a_zero_weight_drops_its_term():
-    ppc = PixelPrototypeContrast(4, 2, PpcOptions(intra_weight=0.0))
+    ppc = PixelPrototypeContrast(4, PpcOptions(intra_weight=0.0))
     terms = ppc(views_of(torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), torch.rand(1, 4, 3, 3),
                          torch.rand(1, 4, 3, 3)), torch.tensor([[1.0, 0.0]]))
     assert set(terms) == {"ppc_cp", "ppc_cc"}
@@ -127,7 +127,7 @@ def test_a_zero_weight_drops_its_term():
 
 def test_cross_cam_pairs_each_pixel_with_the_same_place_in_the_other_view():
     """Flip as the transform: a pixel's cross-CAM target is the label at the mirrored place of the other view."""
-    ppc = PixelPrototypeContrast(2, 1, PpcOptions(dim=2, bg_threshold=0.5, cross_prototype_weight=0, intra_weight=0))
+    ppc = PixelPrototypeContrast(2, PpcOptions(dim=2, bg_threshold=0.5, cross_prototype_weight=0, intra_weight=0))
     with torch.no_grad():
         ppc.projection.weight.copy_(torch.eye(2)[:, :, None, None])
     # One row of four pixels; class on the left half of view 1, so on the right half of its flip (view 2).
@@ -143,17 +143,17 @@ def test_cross_cam_pairs_each_pixel_with_the_same_place_in_the_other_view():
 def test_add_on_plugs_into_two_view_methods_and_refuses_others():
     for method in ("baseline", "seam"):
         model = build_cam_model(method, CamModelConfig(backbone="resnet10"), 3)
-        aux = build_aux_loss("ppc", {"dim": "16"}, model, method, 3)
+        aux = build_aux_loss("ppc", {"dim": "16"}, model, method)
         views = model.training_views(torch.rand(2, 3, 64, 64), torch.tensor([[1.0, 0, 0], [0, 1, 1]]))
         assert views.first.cams.shape == (2, 3, 4, 4) and views.second.cams.shape == (2, 3, 2, 2)
         assert set(aux(views, torch.tensor([[1.0, 0, 0], [0, 1, 1]]))) == {"ppc_cp", "ppc_cc", "ppc_intra"}
     l2g = build_cam_model("l2g", CamModelConfig(backbone="resnet10"), 3)
     with pytest.raises(UserError, match="needs a method with two views"):
-        build_aux_loss("ppc", {}, l2g, "l2g", 3)
+        build_aux_loss("ppc", {}, l2g, "l2g")
     with pytest.raises(UserError, match="unknown add-on"):
-        build_aux_loss("magic", {}, model, "seam", 3)
+        build_aux_loss("magic", {}, model, "seam")
     with pytest.raises(UserError, match="add-on 'ppc' has no option 'tau'"):
-        build_aux_loss("ppc", {"tau": "0.1"}, model, "seam", 3)
+        build_aux_loss("ppc", {"tau": "0.1"}, model, "seam")
     with pytest.raises(UserError, match="temperature"):
         PpcOptions(temperature=0)
 

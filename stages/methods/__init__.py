@@ -11,8 +11,8 @@ A method is an `nn.Module` class built as `Method(CamModelConfig, num_classes, M
   - optionally `training_views(images, labels) -> TrainingViews`: its terms plus both views' class maps and
     features, which makes it usable with an add-on loss.
 
-An add-on loss (`wsss train-cam --aux NAME`) is an `nn.Module` class built as `Aux(feature_channels, num_classes,
-Aux.Options(...))` whose `forward(TrainingViews, labels) -> dict[str, Tensor]` gives extra terms. Its parameters
+An add-on loss (`wsss train-cam --aux NAME`) is an `nn.Module` class built as `Aux(feature_channels,
+Aux.Options(...))` (the channels of the backbone's last features) whose `forward(TrainingViews, labels) -> dict[str, Tensor]` gives extra terms. Its parameters
 train with the new layers' learning rate; it is not saved in the checkpoint (inference does not use it).
 """
 
@@ -48,7 +48,7 @@ def build_cam_model(method: str, config: CamModelConfig, num_classes: int, optio
     return model_class(config, num_classes, method_options(model_class.Options, options or {}, f"method {method!r}"))
 
 
-def build_aux_loss(name: str, options: dict[str, Any], model: nn.Module, method: str, num_classes: int) -> nn.Module:
+def build_aux_loss(name: str, options: dict[str, Any], model: nn.Module, method: str) -> nn.Module:
     """The add-on loss `name` for a built CAM model; an error if the model has no two views to give it."""
     if name not in AUX_LOSSES:
         raise UserError(f"unknown add-on loss {name!r} (choose from {', '.join(AUX_LOSSES)})")
@@ -56,7 +56,7 @@ def build_aux_loss(name: str, options: dict[str, Any], model: nn.Module, method:
         two_view = ", ".join(m for m, cls in CAM_METHODS.items() if hasattr(cls, "training_views"))
         raise UserError(f"--aux {name} needs a method with two views ({two_view}); {method!r} has none")
     aux_class = AUX_LOSSES[name]
-    return aux_class(model.backbone.channels[-1], num_classes, method_options(aux_class.Options, options, f"add-on {name!r}"))
+    return aux_class(model.backbone.channels[-1], method_options(aux_class.Options, options, f"add-on {name!r}"))
 
 
 def cam_model_from_checkpoint(payload: dict[str, Any], path) -> nn.Module:

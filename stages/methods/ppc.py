@@ -151,10 +151,10 @@ def sample_pixels(similarity_to_own: torch.Tensor, hard_fraction: float, generat
     and half from the int(hard_fraction x n) least similar (its least hard end, as the official code)."""
     n = similarity_to_own.shape[0]
     half = n // 2
-    random = torch.randperm(n, generator=generator, device="cpu")[:half].to(similarity_to_own.device)
+    at_random = torch.randperm(n, generator=generator, device="cpu")[:half].to(similarity_to_own.device)
     hard_pool = max(int(hard_fraction * n), half)
     hard = similarity_to_own.argsort()[hard_pool - half:hard_pool]
-    return torch.cat([random, hard])
+    return torch.cat([at_random, hard])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ class _View:
 class PixelPrototypeContrast(nn.Module):
     Options = PpcOptions
 
-    def __init__(self, feature_channels: int, num_classes: int, options: PpcOptions = PpcOptions()):
+    def __init__(self, feature_channels: int, options: PpcOptions = PpcOptions()):
         super().__init__()
         self.options = options
         self.projection = nn.Conv2d(feature_channels, options.dim, kernel_size=1, bias=False)

@@ -1,11 +1,11 @@
 """How right are PPC's online pseudo labels and prototype pixels? Scores them against ground truth on the grids
 PPC works on, for trained CAM checkpoints. Results: `benchmarks/results/ppc_pseudo_labels.json`.
 
-    python benchmarks/ppc_pseudo_labels.py RUN [RUN ...] [--images 512]
+    python benchmarks/ppc_pseudo_labels.py RUN [RUN ...] [--images 512] [--bg-threshold 0.2]
 
 For each run's `cam/checkpoint.pt` it takes training crops (the stage's augmentation, seed 0), computes both views'
 class maps as training does (`training_views`), and, on each view's grid, the pseudo labels (PPC's argmax with the
-background score 0.2) and each class's top-K prototype pixels. The truth of a grid cell is the ground-truth class
+background score, PPC's default 0.2) and each class's top-K prototype pixels. The truth of a grid cell is the ground-truth class
 covering most of it. Reported per view: cell accuracy, foreground precision (cells labelled a class that are that
 class) and recall (cells of a class labelled so), the share of cells labelled foreground against the true share,
 and the precision of the prototype pixels (top-K over each batch of 16, as in training).
@@ -101,7 +101,7 @@ def score_run(run_dir: Path, images: int, options: PpcOptions) -> dict:
     method = payload["config"]["method"]
     if payload["config"].get("method_options", {}).get("transform", "rescale") != "rescale":
         raise SystemExit("only the rescale transform: the second view's truth is the crop's mask")
-    return {"run": str(run_dir), "method": method, "output_stride": payload["config"]["model"]["output_stride"],
+    return {"run": str(run_dir), "bg_threshold": options.bg_threshold, "method": method, "output_stride": payload["config"]["model"]["output_stride"],
             "images": len(samples), "grids": shapes, **{name: t.summary() for name, t in tallies.items()}}
 
 
@@ -109,12 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--bg-threshold", type=float, default=PpcOptions().bg_threshold)
     args = parser.parse_args()
     torch.manual_seed(0)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for run_dir in args.runs:
-        result = score_run(run_dir, args.images, PpcOptions())
-        results[run_dir.name] = result
+        result = score_run(run_dir, args.images, PpcOptions(bg_threshold=args.bg_threshold))
+        results[f"{run_dir.name} bg {args.bg_threshold}"] = result
         print(json.dumps({k: result[k] for k in ("run", "grids")}), file=sys.stderr)
         for view in ("first", "second"):
             print(view, {k: round(v, 3) for k, v in result[view].items() if isinstance(v, float)}, file=sys.stderr)

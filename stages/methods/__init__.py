@@ -12,8 +12,9 @@ A method is an `nn.Module` class built as `Method(CamModelConfig, num_classes, M
     features, which makes it usable with an add-on loss.
 
 An add-on loss (`wsss train-cam --aux NAME`) is an `nn.Module` class built as `Aux(feature_channels,
-Aux.Options(...))` (the channels of the backbone's last features) whose `forward(TrainingViews, labels) -> dict[str, Tensor]` gives extra terms. Its parameters
-train with the new layers' learning rate; it is not saved in the checkpoint (inference does not use it).
+Aux.Options(...))`, the channels of the backbone's last features, whose `forward(TrainingViews, labels)` returns
+extra terms (dict[str, Tensor]). Its parameters train with the new layers' learning rate; it is not saved in the
+checkpoint (inference does not use it).
 """
 
 from __future__ import annotations
@@ -99,4 +100,5 @@ def _convert(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"option {key}={value!r}: expected a {type(default).__name__} like {default!r}") from None
 
 
-__all__ = ["AUX_LOSSES", "CAM_METHODS", "CamModelConfig", "build_aux_loss", "build_cam_model", "cam_model_from_checkpoint", "method_options"]
+__all__ = ["AUX_LOSSES", "CAM_METHODS", "CamModelConfig", "build_aux_loss", "build_cam_model",
+           "cam_model_from_checkpoint", "method_options"]

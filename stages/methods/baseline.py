@@ -3,7 +3,7 @@ global average pooling, multilabel soft-margin loss. The CAM is the ReLU of the 
 
 For a two-view add-on loss (`train-cam --aux ppc`) the second view is the crop rescaled by `view_scale`; it only
 feeds the add-on, the classification loss stays on the crop, so baseline and baseline + add-on differ by the
-add-on alone."""
+add-on's gradients (and by BatchNorm's running statistics, which also see the second view)."""
 
 from __future__ import annotations
 

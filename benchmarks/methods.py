@@ -26,11 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.methods import CAM_METHODS  # noqa: E402
+from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
-README = ROOT / "README.md"
-MARKERS = ("<!-- bench:methods:start -->", "<!-- bench:methods:end -->")
 COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM (train)"),
            ("pseudo-crf_train_miou", "pseudo masks, CRF (train)"),
            ("pseudo-saliency_train_miou", "pseudo masks, saliency (train)"),
@@ -183,10 +182,7 @@ def main() -> None:
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     table = results_table(results)
     print(table, file=sys.stderr)
-    text = README.read_text()
-    if MARKERS[0] in text:
-        start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-        README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+    write_readme_table("methods", table)
 
 
 def results_table(results: dict) -> str:

@@ -22,10 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 from stages.core.runs import Run  # noqa: E402
 from stages.summary import headline  # noqa: E402
+from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"
-README = ROOT / "README.md"
-MARKERS = ("<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->")
 
 
 def sh(*command: str) -> float:
@@ -92,9 +91,7 @@ def update_readme(result: dict) -> None:
     note = (f"\n\nMeasured by `make bench` (seed {result['seed']}) on {result['machine']['cores']} CPU cores, torch "
             f"{result['machine']['torch']}; raw numbers and the CAM threshold curve in "
             "`benchmarks/results/pipeline.json`.")
-    text = README.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    README.write_text(text[:start] + "\n" + table + note + "\n" + text[end:])
+    write_readme_table("pipeline", table + note)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,9 @@ from stages.core.device import autocast, resolve_device  # noqa: E402
 from stages.core.training import OptimConfig, make_optimizer  # noqa: E402
 from stages.methods import CamModelConfig, build_aux_loss, build_cam_model  # noqa: E402
 from stages.train_cam import TrainCamConfig  # noqa: E402
+from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_step.json"
-README = ROOT / "README.md"
-MARKERS = ("<!-- bench:train-step:start -->", "<!-- bench:train-step:end -->")
 NUM_CLASSES = 8
 
 
@@ -108,10 +107,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     table = results_table(results)
     print(table, file=sys.stderr)
-    text = README.read_text()
-    if MARKERS[0] in text:
-        start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-        README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+    write_readme_table("train-step", table)
 
 
 def results_table(results: dict) -> str:

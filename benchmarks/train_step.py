@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from stages.core.device import autocast, resolve_device  # noqa: E402
 from stages.core.training import OptimConfig, make_optimizer  # noqa: E402
 from stages.methods import CamModelConfig, build_aux_loss, build_cam_model  # noqa: E402
-from stages.train_cam import TrainCamConfig  # noqa: E402
+from stages.train_cam import TrainCamConfig, training_terms  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_step.json"
@@ -51,12 +51,7 @@ def make_step(spec: str, device: torch.device, amp: bool):
 
     def step() -> None:
         with autocast(device, amp):
-            if aux is None:
-                terms = model.training_losses(images, labels)
-            else:
-                views = model.training_views(images, labels)
-                terms = {**views.losses, **aux(views, labels)}
-            loss = sum(terms.values())
+            loss = sum(training_terms(model, aux, images, labels).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

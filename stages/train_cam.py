@@ -73,10 +73,7 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
         extra = {}
         if saliency_dir:
             extra = {"saliency": batch["saliency"].to(device, non_blocking=True), "has_saliency": batch["has_saliency"]}
-        if aux is None:
-            return model.training_losses(images, labels, **extra)
-        views = model.training_views(images, labels, **extra)
-        return {**views.losses, **aux(views, labels)}
+        return training_terms(model, aux, images, labels, **extra)
 
     # Validation images are resized to the crop size (no randomness) so they batch whatever their size.
     val_set = SplitDataset(val_samples, num_classes, seed=config.seed,
@@ -104,6 +101,14 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
                         model=model, metrics={"epochs": epoch_metrics})
         record.outputs.append(run.path(CHECKPOINT))
     return record.metrics
+
+
+def training_terms(model, aux, images: torch.Tensor, labels: torch.Tensor, **extra) -> dict[str, torch.Tensor]:
+    """One batch's loss terms: the method's own, plus an add-on's (`aux`, or None) computed on its two views."""
+    if aux is None:
+        return model.training_losses(images, labels, **extra)
+    views = model.training_views(images, labels, **extra)
+    return {**views.losses, **aux(views, labels)}
 
 
 def saliency_directory(run: Run, config: TrainCamConfig, samples: list) -> str:

@@ -20,7 +20,7 @@ from .core.console import console, progress_bar
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, load_mask, write_json
 from .core.runs import Run
-from .data.saliency import DirectorySaliency, MinimumBarrierSaliency, SaliencySource, save_saliency
+from .data.saliency import MAKE_MAPS_HINT, DirectorySaliency, MinimumBarrierSaliency, SaliencySource, save_saliency
 from .metrics import SaliencyQuality
 
 SALIENCY_DIR = "saliency"
@@ -85,3 +85,21 @@ def _one(job: tuple[str, str, str | None, str]) -> tuple[np.ndarray, np.ndarray 
     save_saliency(out_path, saliency_map)
     # What is written (8 bits) is what gets measured.
     return np.round(saliency_map * 255) / 255, (load_mask(mask_path) if mask_path else None)
+
+
+def saliency_directory(run: Run, directory: str, samples: list, split: str, stage: str,
+                       require_all: bool = False) -> str:
+    """The saliency maps' directory for a training stage (`directory`, default the run's saliency/): an error
+    if it covers none of the images, or (with `require_all`) not all of them."""
+    directory = directory or str(run.path(SALIENCY_DIR))
+    source = DirectorySaliency(directory, hint=MAKE_MAPS_HINT)
+    missing = [sample.id for sample in samples if not source.has(sample.id)]
+    make_them = f"run `wsss saliency --split {split}` or pass --saliency DIR"
+    if len(missing) == len(samples) or (require_all and missing):
+        how_many = "any" if len(missing) == len(samples) else f"{len(missing)}"
+        raise UserError(f"{directory} has no saliency map for {how_many} of the {len(samples)} {split} images "
+                        f"(expected <id>.png, e.g. {missing[0]}.png): {make_them}")
+    covered = len(samples) - len(missing)
+    console.print(f"{stage}: saliency maps from {directory} for {covered} of {len(samples)} images"
+                  + ("" if not missing else " (the others train without shape transfer)"))
+    return directory

@@ -18,9 +18,8 @@ from .core.errors import UserError
 from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset
-from .data.saliency import MAKE_MAPS_HINT, DirectorySaliency
 from .methods import CamModelConfig, build_aux_loss, build_cam_model
-from .saliency import SALIENCY_DIR
+from .saliency import saliency_directory
 
 CHECKPOINT = "cam/checkpoint.pt"
 
@@ -59,7 +58,8 @@ def train_cam(run: Run, config: TrainCamConfig) -> dict:
 
     model = build_cam_model(config.method, config.model, num_classes, config.method_options).to(device, memory_format=memory_format(device))
     aux = build_aux_loss(config.aux, config.aux_options, model, config.method).to(device) if config.aux else None
-    saliency_dir = saliency_directory(run, config, train_samples) if getattr(model, "uses_saliency", False) else None
+    saliency_dir = (saliency_directory(run, config.saliency_dir, train_samples, config.train_split, "train-cam")
+                    if getattr(model, "uses_saliency", False) else None)
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed, saliency_dir=saliency_dir)
     loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
@@ -109,19 +109,6 @@ def training_terms(model, aux, images: torch.Tensor, labels: torch.Tensor, **ext
         return model.training_losses(images, labels, **extra)
     views = model.training_views(images, labels, **extra)
     return {**views.losses, **aux(views, labels)}
-
-
-def saliency_directory(run: Run, config: TrainCamConfig, samples: list) -> str:
-    """The saliency maps' directory for a method that uses them; an error if it covers none of the images."""
-    directory = config.saliency_dir or str(run.path(SALIENCY_DIR))
-    source = DirectorySaliency(directory, hint=MAKE_MAPS_HINT)
-    covered = sum(source.has(sample.id) for sample in samples)
-    if covered == 0:
-        raise UserError(f"{directory} has no saliency map for any of the {len(samples)} {config.train_split} images "
-                        f"(expected <id>.png): run `wsss saliency --split {config.train_split}` or pass --saliency DIR")
-    console.print(f"train-cam: saliency maps from {directory} for {covered} of {len(samples)} images"
-                  + ("" if covered == len(samples) else " (the others train without shape transfer)"))
-    return directory
 
 
 @torch.inference_mode()

@@ -64,11 +64,16 @@ class DeepLab(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Decoder features at stride 4 (before the classifier): what an add-on head can project."""
-        stages = self.backbone(images)
-        low_level = self.reduce_low_level(stages[0])
-        context = F.interpolate(self.aspp(stages[-1]), size=low_level.shape[-2:], mode="bilinear",
+        return self.decode(self.backbone(images))
+
+    def decode(self, stages: list[torch.Tensor], apply=None) -> torch.Tensor:
+        """Decoder features from the backbone's stage outputs. `apply(module, x)` runs each head module (default:
+        `module(x)`); MCIC passes one that runs them with frozen weights."""
+        apply = apply or (lambda module, x: module(x))
+        low_level = apply(self.reduce_low_level, stages[0])
+        context = F.interpolate(apply(self.aspp, stages[-1]), size=low_level.shape[-2:], mode="bilinear",
                                 align_corners=False)
-        return self.decoder(torch.cat([context, low_level], dim=1))
+        return apply(self.decoder, torch.cat([context, low_level], dim=1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.features(images))

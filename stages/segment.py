@@ -1,7 +1,10 @@
-"""Stage `segment`: train a DeepLab segmenter on pseudo masks (or ground truth) and predict splits.
+"""Stage `segment`: train a DeepLab segmenter and predict splits.
 
-Input: the dataset index and `pseudo/<refine>/` masks (or the dataset's own masks with `labels="gt"`, the fully
-supervised upper bound). Output: `segment/<tag>/checkpoint.pt` and `segment/<tag>/pred_<split>/<id>.png`.
+Methods (`stages.methods.SEGMENT_METHODS`): `deeplab` trains on masks, `pseudo/<refine>/` pseudo masks (or the
+dataset's own with `labels="gt"`, the fully supervised upper bound), optionally with an add-on contrast loss
+(`contrast="memory"`); `mcic` trains end to end from image labels and saliency maps, and also writes its seeds
+of the training images as pseudo masks `pseudo/mcic/`. Output: `segment/<tag>/checkpoint.pt` (the segmenter
+alone: training-only heads and memories are not saved) and `segment/<tag>/pred_<split>/<id>.png`.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ import torch.nn.functional as F
 
 from .core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from .core.console import console, progress_bar
-from .core.device import memory_format, resolve_device, seed_everything
+from .core.device import autocast, memory_format, resolve_device, seed_everything
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask
 from .core.runs import Run
 from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
-from .data.loading import Augment, SplitDataset, check_mask_sizes, same_size_batches
+from .data.loading import Augment, SplitDataset, check_mask_sizes, multi_hot, same_size_batches
+from .data.saliency import DirectorySaliency
+from .methods import build_segment_method
 from .models.deeplab import DeepLab, SegModelConfig
 from .models.multiscale import multi_scale_sum
 from .pseudo_label import pseudo_mask_dir
 from .refine.crf import CrfParams, crf_from_probabilities
+from .saliency import saliency_directory
 
 # DeepLab's CRF post-processing settings (REFERENCES.md: gaussian 1/3, bilateral 67/3/4, 10 iterations).
 POSTPROCESS_CRF = CrfParams(gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67, bilateral_srgb=3,
@@ -34,6 +40,11 @@ POSTPROCESS_CRF = CrfParams(gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67,
 
 @dataclass(frozen=True)
 class SegmentConfig:
+    method: str = "deeplab"  # "deeplab" (trained on masks) or "mcic" (end to end from image labels + saliency)
+    method_options: dict[str, str] = field(default_factory=dict)  # the method's Options, as KEY=VALUE strings
+    contrast: str = ""  # an add-on loss for mask training ("memory": cross-image pixel contrast), or none
+    contrast_options: dict[str, str] = field(default_factory=dict)
+    saliency_dir: str = ""  # for methods that use saliency (mcic); default: the run's saliency/
     labels: str = "pseudo"  # "pseudo" (masks from `wsss pseudo-label`) or "gt" (upper bound)
     pseudo: str = "crf"  # which pseudo masks: their set name (the --refine they were made with, + "-raw")
     model: SegModelConfig = field(default_factory=SegModelConfig)
@@ -57,7 +68,10 @@ class SegmentConfig:
 
     @property
     def tag(self) -> str:
-        return "gt" if self.labels == "gt" else f"pseudo-{self.pseudo.replace(',', '+')}"
+        if self.method != "deeplab":
+            return self.method
+        masks = "gt" if self.labels == "gt" else f"pseudo-{self.pseudo.replace(',', '+')}"
+        return f"{masks}-{self.contrast}" if self.contrast else masks
 
 
 def segment_dir(run: Run, config: SegmentConfig) -> Path:
@@ -65,49 +79,52 @@ def segment_dir(run: Run, config: SegmentConfig) -> Path:
 
 
 def segment(run: Run, config: SegmentConfig) -> dict:
-    if config.labels not in ("pseudo", "gt"):
-        raise UserError(f"--labels must be pseudo or gt, got {config.labels!r}")
     dataset = run.dataset()
     samples = dataset.split(config.train_split)
     for split in config.predict_splits:
         dataset.split(split)  # unknown split: fail now, not after training
-    inputs = [run.path("dataset.json")]
-    if config.labels == "gt":
-        without = [s.id for s in samples if s.mask is None]
-        if without:
-            raise UserError(f"--labels gt needs ground-truth masks; {len(without)} {config.train_split} images "
-                            f"have none (e.g. {without[0]})")
-        mask_dir = None
-    else:
-        mask_dir = pseudo_mask_dir(run, config.pseudo)
-        missing = [s.id for s in samples if not Path(mask_dir, f"{s.id}.png").is_file()]
-        if missing:
-            raise UserError(f"no pseudo mask {mask_dir}/{missing[0]}.png ({len(missing)} missing): run "
-                            f"`wsss pseudo-label --refine {config.pseudo}` first")
-        inputs.append(mask_dir)
-
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
-    augment = Augment(config.base_size, config.crop_size, config.scale_range)
-    train_set = SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=True, mask_dir=mask_dir,
-                             seed=config.seed)
-    check_mask_sizes(samples, train_set.mask_path)
-    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     model = DeepLab(config.model, len(dataset.class_names)).to(device, memory_format=memory_format(device))
+    steps_per_epoch = len(samples) // config.batch_size
+    method = build_segment_method(config.method, config.method_options, config.contrast, config.contrast_options,
+                                  model, len(dataset.class_names), steps_per_epoch).to(device)
+    inputs = [run.path("dataset.json")]
+    mask_dir = saliency_dir = None
+    if method.uses_masks:
+        mask_dir = training_masks(run, config, samples)
+        inputs += [mask_dir] if mask_dir else []
+    if method.uses_saliency:
+        saliency_dir = saliency_directory(run, config.saliency_dir, samples, config.train_split,
+                                          f"segment --method {config.method}", require_all=True)
+        inputs.append(saliency_dir)
+
+    augment = Augment(config.base_size, config.crop_size, config.scale_range)
+    train_set = SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=method.uses_masks,
+                             mask_dir=mask_dir, seed=config.seed, saliency_dir=saliency_dir)
+    if method.uses_masks:
+        check_mask_sizes(samples, train_set.mask_path)
+    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
-    optimizer = make_optimizer(*model.param_groups(), optim)
+    backbone_params, head_params = model.param_groups()
+    optimizer = make_optimizer(backbone_params, head_params + method.new_parameters(), optim)
+    steps = iter(range(config.epochs * len(loader)))
 
     def losses(batch: dict) -> dict[str, torch.Tensor]:
-        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format(device))
-        masks = batch["mask"].to(device, non_blocking=True)
-        return {"ce": F.cross_entropy(model(images), masks, ignore_index=IGNORE_INDEX)}
+        on_device = {key: value.to(device, non_blocking=True) for key, value in batch.items()
+                     if isinstance(value, torch.Tensor)}
+        on_device["image"] = on_device["image"].contiguous(memory_format=memory_format(device))
+        return method(on_device, next(steps))
 
     out_dir = segment_dir(run, config)
     with run.stage(f"segment/{config.tag}", asdict(config)) as record:
         record.inputs += inputs
-        console.print(f"segment: {config.model.backbone} OS{config.model.output_stride} on {len(samples)} images "
-                      f"with {config.labels} labels{'' if mask_dir is None else ' from ' + mask_dir}, device {device}")
-        model.train()
+        source = {True: f"{config.labels} masks" + ("" if mask_dir is None else " from " + mask_dir),
+                  False: "image labels and saliency maps"}[method.uses_masks]
+        console.print(f"segment: {config.method}{' + ' + config.contrast if config.contrast else ''}, "
+                      f"{config.model.backbone} OS{config.model.output_stride} on {len(samples)} images with "
+                      f"{source}, device {device}")
+        method.train()
         history = train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, amp=config.amp,
                                losses_fn=losses,
                                on_epoch_end=lambda epoch, log: log_epoch(epoch, config.epochs, log),
@@ -115,14 +132,62 @@ def segment(run: Run, config: SegmentConfig) -> dict:
         save_checkpoint(out_dir / "checkpoint.pt", kind="segmenter", config=asdict(config),
                         class_names=dataset.class_names, model=model, metrics={"epochs": history})
         record.outputs.append(out_dir / "checkpoint.pt")
-        model.eval()
+        method.eval()
         for split in config.predict_splits:
             predicted = out_dir / f"pred_{split}"
             predict(model, dataset.split(split), predicted, config, device)
             record.outputs.append(predicted)
-        record.metrics = {"final_loss": round(history[-1]["ce"], 4),
+        record.metrics = {"final_loss": round(sum(v for k, v in history[-1].items() if k != "seconds"), 4),
                           "epoch_seconds": round(float(np.mean([h["seconds"] for h in history])), 2)}
+    if hasattr(method, "seeds"):
+        write_seed_masks(run, method, samples, saliency_dir, config, device)
     return record.metrics
+
+
+def training_masks(run: Run, config: SegmentConfig, samples) -> str | None:
+    """The pseudo-mask directory to train on (None: the dataset's own masks); an error if masks are missing."""
+    if config.labels not in ("pseudo", "gt"):
+        raise UserError(f"--labels must be pseudo or gt, got {config.labels!r}")
+    if config.labels == "gt":
+        without = [s.id for s in samples if s.mask is None]
+        if without:
+            raise UserError(f"--labels gt needs ground-truth masks; {len(without)} {config.train_split} images "
+                            f"have none (e.g. {without[0]})")
+        return None
+    mask_dir = pseudo_mask_dir(run, config.pseudo)
+    missing = [s.id for s in samples if not Path(mask_dir, f"{s.id}.png").is_file()]
+    if missing:
+        raise UserError(f"no pseudo mask {mask_dir}/{missing[0]}.png ({len(missing)} missing): run "
+                        f"`wsss pseudo-label --refine {config.pseudo}` first")
+    return mask_dir
+
+
+@torch.inference_mode()
+def write_seed_masks(run: Run, method, samples, saliency_dir: str, config: SegmentConfig,
+                     device: torch.device) -> None:
+    """The method's seeds of the training images (full size, final memory) as pseudo masks `pseudo/<method>/`."""
+    saliency = DirectorySaliency(saliency_dir)
+    out_dir = Path(pseudo_mask_dir(run, config.method))
+    num_foreground = len(run.dataset().class_names) - 1
+    with run.stage(f"pseudo-label/{config.method}", {"from": f"segment/{config.tag}", **asdict(config)}) as record:
+        record.inputs += [segment_dir(run, config) / "checkpoint.pt", saliency_dir]
+        ignored = total = 0
+        with progress_bar() as bar:
+            task = bar.add_task(f"seeds {config.method}", total=len(samples), status="")
+            for batch_samples, images in same_size_batches(samples, config.batch_size, config.workers):
+                labels = torch.stack([multi_hot(s.labels, num_foreground) for s in batch_samples])
+                maps = torch.stack([torch.from_numpy(saliency(s.id, load_image(s.image))) for s in batch_samples])
+                with autocast(device, config.amp):
+                    seeds = method.seeds(images.to(device), labels.to(device), maps.to(device)).cpu().numpy()
+                for sample, seed in zip(batch_samples, seeds):
+                    save_mask(out_dir / f"{sample.id}.png", seed.astype(np.uint8))
+                    ignored += int((seed == IGNORE_INDEX).sum())
+                    total += seed.size
+                bar.update(task, advance=len(batch_samples))
+        record.outputs.append(out_dir)
+        record.metrics = {"images": len(samples), "ignored_fraction": round(ignored / max(total, 1), 4)}
+    console.print(f"segment: seeds of {len(samples)} {config.train_split} images written to {out_dir} "
+                  f"({record.metrics['ignored_fraction']:.1%} ignored)")
 
 
 def load_segmenter(path: Path, num_classes: int) -> DeepLab:

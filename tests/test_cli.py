@@ -83,3 +83,17 @@ def test_saliency_inputs_are_checked(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(invoke("train-cam", "--run", tmp_path, "--method", "l2g", "--saliency", tmp_path / "empty"),
                           "no saliency map for any")
+
+
+def test_segment_methods_and_contrast_options_are_checked(tmp_path):
+    invoke("data", "synth", "--run", tmp_path, "--num-train", 4, "--num-val", 2, "--image-size", 48)
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--method", "magic"), "unknown segment method 'magic'")
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--labels", "gt", "--contrast", "magic"),
+                          "unknown contrast loss 'magic'")
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--labels", "gt", "--contrast", "memory",
+                                 "--contrast-option", "tau=1"), "contrast 'memory' has no option 'tau'")
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--method", "mcic", "--contrast", "memory"),
+                          "needs mask labels")
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--method", "mcic", "-o", "memory=3"),
+                          "segment method 'mcic' has no option 'memory'")
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--method", "mcic"), "wsss saliency")

@@ -36,7 +36,11 @@ def run_dir(tmp_path_factory):
         wsss("evaluate", f"pseudo/{refine.replace(',', '+')}", "--run", run, "--split", "train")
     wsss("segment", "--run", run, "--labels", "pseudo", "--pseudo", "crf", "--predict", "val,train", *TINY_TRAINING)
     wsss("segment", "--run", run, "--labels", "gt", "--predict", "val", "--crf", *TINY_TRAINING)
-    for tag in ("pseudo-crf", "gt"):
+    wsss("segment", "--run", run, "--labels", "pseudo", "--pseudo", "crf", "--contrast", "memory",
+         "--contrast-option", "warmup_epochs=0", *TINY_TRAINING)
+    wsss("segment", "--run", run, "--method", "mcic", "-o", "rampup_epochs=0.5", *TINY_TRAINING)
+    wsss("evaluate", "pseudo/mcic", "--run", run, "--split", "train")
+    for tag in ("pseudo-crf", "gt", "pseudo-crf-memory", "mcic"):
         wsss("evaluate", f"segment/{tag}", "--run", run, "--split", "val")
     wsss("report", "--run", run, "--split", "train", "--samples", 4)
     return run
@@ -188,3 +192,24 @@ def test_seam_with_ppc_trains_and_saves_no_projection_head(run_dir, tmp_path):
     assert not any("projection" in key for key in checkpoint["state_dict"])  # training-only head
     with h5py.File(run / "cams" / "train.h5") as file:
         assert json.loads(file.attrs["config"])["train"]["aux"] == "ppc"
+
+
+def test_memory_methods_save_the_plain_segmenter_and_mcic_writes_its_seeds(run_dir):
+    from stages.segment import load_segmenter
+
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    index = DatasetIndex.load(run_dir / "dataset.json")
+    for tag in ("pseudo-crf-memory", "mcic"):
+        checkpoint = torch.load(run_dir / "segment" / tag / "checkpoint.pt", weights_only=True)
+        assert not any(k.startswith(("contrast", "projection", "attention", "classifier.weight_cam"))
+                       for k in checkpoint["state_dict"])
+        load_segmenter(run_dir / "segment" / tag / "checkpoint.pt", len(index.class_names))  # loads as a DeepLab
+        assert 0 <= stages[f"evaluate/segment-{tag}_val"]["metrics"]["miou"] <= 1
+    assert "contrast" in stages["segment/pseudo-crf-memory"]["config"]
+    seeds = sorted((run_dir / "pseudo" / "mcic").glob("*.png"))
+    assert len(seeds) == len(index.split("train"))
+    first = index.split("train")[0]
+    seed = load_mask(run_dir / "pseudo" / "mcic" / f"{first.id}.png")
+    assert seed.shape == np.asarray(Image.open(first.image)).shape[:2]
+    assert set(np.unique(seed).tolist()) <= set(first.labels) | {0, 255}
+    assert stages["pseudo-label/mcic"]["inputs"][0] == "segment/mcic/checkpoint.pt"

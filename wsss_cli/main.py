@@ -13,7 +13,7 @@ import typer
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
 from stages.infer_cam import InferCamConfig
-from stages.methods import AUX_LOSSES, CAM_METHODS
+from stages.methods import AUX_LOSSES, CAM_METHODS, SEGMENT_CONTRASTS, SEGMENT_METHODS
 from stages.pseudo_label import PseudoLabelConfig
 from stages.saliency import SaliencyConfig
 from stages.segment import SegmentConfig
@@ -316,6 +316,18 @@ class Labels(str, Enum):
 @user_errors
 def segment(
     run: RunOption = DEFAULT_RUN,
+    method: Annotated[str, typer.Option(help="deeplab (trained on masks) or mcic (end to end from image labels and "
+                                             "saliency maps; also writes RUN/pseudo/mcic).")] = SEG.method,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="A method hyper-parameter KEY=VALUE (repeatable); see the method's Options.")] = None,
+    contrast: Annotated[str, typer.Option(help="An add-on loss for mask training: " + ", ".join(SEGMENT_CONTRASTS)
+                                               + " (cross-image pixel contrast with memory banks); '' for none.")]
+    = SEG.contrast,
+    contrast_option: Annotated[Optional[list[str]], typer.Option(
+        "--contrast-option", help="A contrast hyper-parameter KEY=VALUE (repeatable), e.g. pixel_memory=1000.")]
+    = None,
+    saliency: Annotated[str, typer.Option(help="Saliency maps (<id>.png) for methods that use them (mcic); "
+                                               "default: RUN/saliency from `wsss saliency`.")] = SEG.saliency_dir,
     labels: Annotated[Labels, typer.Option(help="pseudo masks, or gt for the fully supervised upper bound.")]
     = Labels.pseudo,
     pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with (+ -raw if made with --raw).")] = SEG.pseudo,
@@ -341,7 +353,8 @@ def segment(
     amp: AmpOption = True,
     seed: SeedOption = 0,
 ):
-    """Train a DeepLab segmenter on pseudo masks (or ground truth) and predict splits to RUN/segment/TAG/."""
+    """Train a DeepLab segmenter on pseudo masks (or ground truth), or end to end with MCIC, and predict splits to
+    RUN/segment/TAG/ (TAG: pseudo-REFINE or gt, + -memory with --contrast memory; mcic)."""
     from stages.core.runs import Run
     from stages.models.deeplab import SegModelConfig
     from stages.segment import segment as run_stage
@@ -349,6 +362,8 @@ def segment(
     model = SegModelConfig(backbone=backbone, output_stride=output_stride, pretrained=pretrained_value(pretrained),
                            aspp_rates=ints(aspp_rates, "--aspp-rates"))
     config = SegmentConfig(
+        method=method, method_options=key_values(option or []), contrast=contrast,
+        contrast_options=key_values(contrast_option or [], "--contrast-option"), saliency_dir=saliency,
         labels=labels.value, pseudo=pseudo, model=model, train_split=train_split, predict_splits=names(predict),
         epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
         base_size=base_size, crop_size=crop_size, scale_range=pair(scale_range, "--scale-range"),

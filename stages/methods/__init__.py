@@ -15,6 +15,13 @@ An add-on loss (`wsss train-cam --aux NAME`) is an `nn.Module` class built as `A
 Aux.Options(...))`, the channels of the backbone's last features, whose `forward(TrainingViews, labels)` returns
 extra terms (dict[str, Tensor]). Its parameters train with the new layers' learning rate; it is not saved in the
 checkpoint (inference does not use it).
+
+Segmenter training methods (`wsss segment --method NAME`) wrap a DeepLab: `Method(segmenter, num_classes,
+Method.Options(...), steps_per_epoch)`, with `uses_masks` / `uses_saliency` (what its batches need),
+`new_parameters()` (its training-only layers) and `forward(batch, step) -> dict[str, Tensor]`; optionally
+`seeds(images, labels, saliency)` (pseudo masks it can write). A method that uses masks takes an add-on contrast
+loss (`--contrast NAME`): `Contrast(decoder_channels, num_classes, Contrast.Options(...), steps_per_epoch)`
+called as `contrast(features, logits, masks, step)`. Only the segmenter is saved.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ from ..core.checkpoint import load_state
 from ..core.errors import UserError
 from .baseline import BaselineCam, CamModelConfig
 from .l2g import L2GCam
+from .mcic import McicTrainer
+from .pixel_contrast import MemoryPixelContrast
 from .ppc import PixelPrototypeContrast
 from .seam import SeamCam
+from .supervised import MaskTraining
 
 CAM_METHODS = {
     "baseline": BaselineCam,
@@ -39,6 +49,15 @@ CAM_METHODS = {
 
 AUX_LOSSES = {
     "ppc": PixelPrototypeContrast,
+}
+
+SEGMENT_METHODS = {
+    "deeplab": MaskTraining,
+    "mcic": McicTrainer,
+}
+
+SEGMENT_CONTRASTS = {
+    "memory": MemoryPixelContrast,
 }
 
 
@@ -58,6 +77,26 @@ def build_aux_loss(name: str, options: dict[str, Any], model: nn.Module, method:
         raise UserError(f"--aux {name} needs a method with two views ({two_view}); {method!r} has none")
     aux_class = AUX_LOSSES[name]
     return aux_class(model.backbone.channels[-1], method_options(aux_class.Options, options, f"add-on {name!r}"))
+
+
+def build_segment_method(name: str, options: dict[str, Any], contrast: str, contrast_options: dict[str, Any],
+                         segmenter: nn.Module, num_classes: int, steps_per_epoch: int) -> nn.Module:
+    """The training wrapper of segment method `name` around `segmenter`, with add-on contrast `contrast` (or "")."""
+    if name not in SEGMENT_METHODS:
+        raise UserError(f"unknown segment method {name!r} (choose from {', '.join(SEGMENT_METHODS)})")
+    method_class = SEGMENT_METHODS[name]
+    method_opts = method_options(method_class.Options, options, f"segment method {name!r}")
+    if not contrast:
+        return method_class(segmenter, num_classes, method_opts, steps_per_epoch)
+    if contrast not in SEGMENT_CONTRASTS:
+        raise UserError(f"unknown contrast loss {contrast!r} (choose from {', '.join(SEGMENT_CONTRASTS)})")
+    if not method_class.uses_masks:
+        raise UserError(f"--contrast {contrast} needs mask labels; segment method {name!r} trains without them")
+    contrast_class = SEGMENT_CONTRASTS[contrast]
+    add_on = contrast_class(segmenter.classifier.in_channels, num_classes,
+                            method_options(contrast_class.Options, contrast_options, f"contrast {contrast!r}"),
+                            steps_per_epoch)
+    return method_class(segmenter, num_classes, method_opts, steps_per_epoch, contrast=add_on)
 
 
 def cam_model_from_checkpoint(payload: dict[str, Any], path) -> nn.Module:
@@ -100,5 +139,5 @@ def _convert(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"option {key}={value!r}: expected a {type(default).__name__} like {default!r}") from None
 
 
-__all__ = ["AUX_LOSSES", "CAM_METHODS", "CamModelConfig", "build_aux_loss", "build_cam_model",
-           "cam_model_from_checkpoint", "method_options"]
+__all__ = ["AUX_LOSSES", "CAM_METHODS", "SEGMENT_CONTRASTS", "SEGMENT_METHODS", "CamModelConfig", "build_aux_loss",
+           "build_cam_model", "build_segment_method", "cam_model_from_checkpoint", "method_options"]

@@ -128,21 +128,22 @@ class MemoryPixelContrast(nn.Module):
         """`features` (B, C, h, w) decoder features, `logits` (B, K, h, w) at the same resolution, `labels`
         (B, H, W) class indices with 255 ignored; `step` counts training steps from 0."""
         options = self.options
-        embeddings = F.normalize(self.projection(features).float(), dim=1)
-        small_labels = F.interpolate(labels[:, None].float(), size=embeddings.shape[-2:], mode="nearest")
-        small_labels = small_labels[:, 0].long()
-        if self.memory is None:
-            self.memory = PixelSegmentMemory(self.num_classes, options.dim, options.pixel_memory,
-                                             options.segment_memory, options.pixels_per_class, embeddings.device)
-        loss = embeddings.sum() * 0.0
-        if step >= self.warmup_steps:
-            memory, memory_labels = self.memory.contents()
-            flat_labels = small_labels.flatten(1)
-            indices, anchor_labels = sample_anchors(flat_labels, logits.argmax(1).flatten(1), options.max_anchors,
-                                                    options.max_anchors_per_class)
-            if len(indices) and len(memory):
-                anchors = embeddings.flatten(2).transpose(1, 2).reshape(-1, options.dim)[indices]
-                loss = options.weight * memory_contrast(anchors, anchor_labels, memory, memory_labels,
-                                                        options.temperature, options.base_temperature)
-        self.memory.enqueue(embeddings, small_labels)
+        projected = self.projection(features)
+        with torch.autocast(projected.device.type, enabled=False):
+            embeddings = F.normalize(projected.float(), dim=1)
+            small_labels = F.interpolate(labels[:, None].float(), size=embeddings.shape[-2:], mode="nearest")
+            small_labels = small_labels[:, 0].long()
+            if self.memory is None:
+                self.memory = PixelSegmentMemory(self.num_classes, options.dim, options.pixel_memory,
+                                                 options.segment_memory, options.pixels_per_class, embeddings.device)
+            loss = embeddings.sum() * 0.0
+            if step >= self.warmup_steps:
+                memory, memory_labels = self.memory.contents()
+                indices, anchor_labels = sample_anchors(small_labels.flatten(1), logits.argmax(1).flatten(1),
+                                                        options.max_anchors, options.max_anchors_per_class)
+                if len(indices) and len(memory):
+                    anchors = embeddings.flatten(2).transpose(1, 2).reshape(-1, options.dim)[indices]
+                    loss = options.weight * memory_contrast(anchors, anchor_labels, memory, memory_labels,
+                                                            options.temperature, options.base_temperature)
+            self.memory.enqueue(embeddings, small_labels)
         return {"contrast": loss}

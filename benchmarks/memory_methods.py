@@ -1,0 +1,139 @@
+"""Memory-bank methods over several seeds on the synthetic benchmark: the segmenter with and without cross-image
+pixel contrast (`segment --contrast memory`) on the same pseudo masks and on ground truth, and MCIC
+(`segment --method mcic`, from image labels and saliency) against the two-stage pipeline.
+Results: `benchmarks/results/memory_methods.json` and the README table `bench:memory-methods`.
+
+    python benchmarks/memory_methods.py --seeds 0,1,2 [--variants pseudo-crf-memory,mcic,...]
+        [--contrast-option pixel_memory=1000 ...]
+
+Each seed works in the methods benchmark's `runs/methods/baseline-s<seed>/` (run `benchmarks/methods.py
+--methods baseline --seeds ...` first): its CRF pseudo masks and its segmenter on them (`segment/pseudo-crf`,
+same code path, same seed) are the two-stage pipeline this compares with. MCIC reads the shared dataset's
+built-in saliency maps (`runs/methods/saliency/saliency`, made by `methods.py --saliency`). Finished stages are
+not re-run, so the script can be resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+
+WSSS = str(ROOT / ".venv" / "bin" / "wsss")
+RESULTS = ROOT / "benchmarks" / "results" / "memory_methods.json"
+SALIENCY = ROOT / "runs" / "methods" / "saliency" / "saliency"
+# variant → (segment tag, extra `wsss segment` arguments; CONTRAST stands for the contrast options)
+VARIANTS = {
+    "pseudo-crf": ("pseudo-crf", ["--labels", "pseudo", "--pseudo", "crf"]),
+    "pseudo-crf-memory": ("pseudo-crf-memory", ["--labels", "pseudo", "--pseudo", "crf", "--contrast", "memory",
+                                                "CONTRAST"]),
+    "gt": ("gt", ["--labels", "gt"]),
+    "gt-memory": ("gt-memory", ["--labels", "gt", "--contrast", "memory", "CONTRAST"]),
+    "mcic": ("mcic", ["--method", "mcic", "--saliency", str(SALIENCY)]),
+    "pseudo-mcic": ("pseudo-mcic", ["--labels", "pseudo", "--pseudo", "mcic"]),  # second round on MCIC's seeds
+}
+NAMES = {"pseudo-crf": "segmenter on CRF pseudo masks", "pseudo-crf-memory": "same + memory contrast",
+         "gt": "segmenter on ground truth", "gt-memory": "same + memory contrast",
+         "mcic": "MCIC (end to end)", "pseudo-mcic": "segmenter on MCIC's seeds (2nd round)"}
+
+
+def wsss(*args: str) -> None:
+    subprocess.run([WSSS, *args], cwd=ROOT, check=True)
+
+
+def stages_of(run: Path) -> dict:
+    manifest = run / "manifest.json"
+    return json.loads(manifest.read_text())["stages"] if manifest.exists() else {}
+
+
+def run_variant(run: Path, variant: str, seed: int, contrast_options: list[str]) -> None:
+    tag, extra = VARIANTS[variant]
+    if f"evaluate/segment-{tag}_val" in stages_of(run):
+        return
+    args = [arg for item in extra for arg in
+            ([a for option in contrast_options for a in ("--contrast-option", option)] if item == "CONTRAST" else [item])]
+    wsss("segment", "--run", str(run), *args, "--seed", str(seed))
+    wsss("evaluate", f"segment/{tag}", "--run", str(run), "--split", "val")
+    if variant == "mcic":
+        wsss("evaluate", "pseudo/mcic", "--run", str(run), "--split", "train")
+
+
+def collect(run: Path) -> dict:
+    stages = stages_of(run)
+    numbers = {}
+    for variant, (tag, _) in VARIANTS.items():
+        evaluation = run / "eval" / f"segment-{tag}_val.json"
+        if evaluation.exists():
+            numbers[f"{variant}_val_miou"] = json.loads(evaluation.read_text())["miou"]
+            numbers[f"{variant}_epoch_seconds"] = stages[f"segment/{tag}"]["metrics"]["epoch_seconds"]
+    seeds = run / "eval" / "pseudo-mcic_train.json"
+    if seeds.exists():
+        numbers["mcic_seeds_train_miou"] = json.loads(seeds.read_text())["miou"]
+        numbers["mcic_seeds_ignored_fraction"] = stages["pseudo-label/mcic"]["metrics"]["ignored_fraction"]
+    crf = run / "eval" / "pseudo-crf_train.json"
+    if crf.exists():
+        numbers["pseudo_crf_train_miou"] = json.loads(crf.read_text())["miou"]
+    return numbers
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    summary = {}
+    for key in sorted({k for numbers in per_seed for k in numbers}):
+        values = [numbers[key] for numbers in per_seed if key in numbers]
+        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "n": len(values)}
+    return summary
+
+
+def table(summary: dict) -> str:
+    def cell(key: str, scale: float = 100.0, digits: int = 1) -> str:
+        if key not in summary:
+            return "–"
+        entry = summary[key]
+        return f"{entry['mean'] * scale:.{digits}f} ± {entry['std'] * scale:.{digits}f} (n={entry['n']})"
+    lines = ["| segmenter | val mIoU % | s / epoch |", "|---|---|---|"]
+    for variant in VARIANTS:
+        lines.append(f"| {NAMES[variant]} | {cell(f'{variant}_val_miou')} | "
+                     f"{cell(f'{variant}_epoch_seconds', 1.0)} |")
+    lines.append(f"\nMCIC's seeds on train: mIoU {cell('mcic_seeds_train_miou')} %, ignored "
+                 f"{cell('mcic_seeds_ignored_fraction')} % (CRF pseudo masks: {cell('pseudo_crf_train_miou')} %).")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--contrast-option", action="append", default=[],
+                        help="KEY=VALUE passed to --contrast-option of the memory-contrast variants")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown} (choose from {', '.join(VARIANTS)})")
+    for variant in variants:  # variant-major: each comparison gets all its seeds before the next one starts
+        for seed in seeds:
+            run = ROOT / "runs" / "methods" / f"baseline-s{seed}"
+            if not (run / "pseudo" / "crf").is_dir():
+                sys.exit(f"{run} has no CRF pseudo masks: run benchmarks/methods.py --methods baseline first")
+            run_variant(run, variant, seed, args.contrast_option)
+    per_seed = {seed: collect(ROOT / "runs" / "methods" / f"baseline-s{seed}") for seed in seeds}
+    summary = summarise(list(per_seed.values()))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"seeds": seeds, "contrast_options": args.contrast_option,
+                                   "per_seed": per_seed, "summary": summary}, indent=2) + "\n")
+    write_readme_table("memory-methods", table(summary))
+    print(table(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from stages.methods import build_segment_method  # noqa: E402
 from stages.models.deeplab import DeepLab  # noqa: E402
 from stages.segment import SegmentConfig  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from step_timing import interleaved, timed  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "segment_step.json"
 NUM_CLASSES = 9  # with background, as the synthetic benchmark
@@ -96,17 +96,6 @@ def build(spec: str, device: torch.device):
     return step, bank_bytes
 
 
-def timed(step, steps: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
-
-
 def peak_of_this_process_mib() -> float:
     """VmHWM (peak resident set of this process image; ru_maxrss would carry the parent's peak over exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -138,14 +127,7 @@ def main() -> None:
         return
     specs = [spec for spec in args.specs.split(",") if spec]
     built = {spec: build(spec, device) for spec in specs}
-    for step, _ in built.values():  # warm-up: allocator, oneDNN / cuDNN kernel choice
-        timed(step, 2, device)
-    samples: dict[str, list[float]] = {spec: [] for spec in specs}
-    for round_index in range(args.rounds):
-        for spec in specs:
-            samples[spec].append(timed(built[spec][0], args.steps, device))
-        print(f"round {round_index + 1}/{args.rounds}: "
-              + "  ".join(f"{spec} {samples[spec][-1]:.3f}s" for spec in specs), file=sys.stderr)
+    samples = interleaved({spec: step for spec, (step, _) in built.items()}, args.rounds, args.steps, device)
     medians = {spec: statistics.median(values) for spec, values in samples.items()}
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -16,7 +16,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from stages.core.training import OptimConfig, make_optimizer  # noqa: E402
 from stages.methods import CamModelConfig, build_aux_loss, build_cam_model  # noqa: E402
 from stages.train_cam import TrainCamConfig, training_terms  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from step_timing import interleaved  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_step.json"
 NUM_CLASSES = 8
@@ -59,17 +59,6 @@ def make_step(spec: str, device: torch.device, amp: bool):
     return step
 
 
-def timed(step, steps: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", default="baseline,baseline+ppc,seam,seam+ppc")
@@ -80,15 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     specs = [spec for spec in args.specs.split(",") if spec]
-    steps = {spec: make_step(spec, device, args.amp) for spec in specs}
-    for step in steps.values():  # warm-up: allocator, oneDNN / cuDNN kernel choice
-        timed(step, 2, device)
-    samples: dict[str, list[float]] = {spec: [] for spec in specs}
-    for round_index in range(args.rounds):
-        for spec in specs:
-            samples[spec].append(timed(steps[spec], args.steps, device))
-        print(f"round {round_index + 1}/{args.rounds}: "
-              + "  ".join(f"{spec} {samples[spec][-1]:.3f}s" for spec in specs), file=sys.stderr)
+    samples = interleaved({spec: make_step(spec, device, args.amp) for spec in specs}, args.rounds, args.steps, device)
     medians = {spec: statistics.median(values) for spec, values in samples.items()}
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -119,8 +119,8 @@ def segment(run: Run, config: SegmentConfig) -> dict:
     out_dir = segment_dir(run, config)
     with run.stage(f"segment/{config.tag}", asdict(config)) as record:
         record.inputs += inputs
-        source = {True: f"{config.labels} masks" + ("" if mask_dir is None else " from " + mask_dir),
-                  False: "image labels and saliency maps"}[method.uses_masks]
+        source = (f"{config.labels} masks" + (f" from {mask_dir}" if mask_dir else "") if method.uses_masks
+                  else "image labels and saliency maps")
         console.print(f"segment: {config.method}{' + ' + config.contrast if config.contrast else ''}, "
                       f"{config.model.backbone} OS{config.model.output_stride} on {len(samples)} images with "
                       f"{source}, device {device}")

@@ -97,3 +97,7 @@ def test_segment_methods_and_contrast_options_are_checked(tmp_path):
     assert_one_line_error(invoke("segment", "--run", tmp_path, "--method", "mcic", "-o", "memory=3"),
                           "segment method 'mcic' has no option 'memory'")
     assert_one_line_error(invoke("segment", "--run", tmp_path, "--method", "mcic"), "wsss saliency")
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--labels", "gt", "--contrast", "memory",
+                                 "--contrast-option", "pixel_memory=0"), "pixel_memory must be at least 1")
+    assert_one_line_error(invoke("segment", "--run", tmp_path, "--method", "mcic", "-o", "seed_threshold=2"),
+                          "seed_threshold must be in [0, 1]")

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX
 from ..models.deeplab import DeepLab
 from .memory import ClassQueue
@@ -64,6 +65,16 @@ class McicOptions:
     entropy_weight: float = 1.0
     rampup_epochs: float = 5.0
     cam_seed_min_weight: float = 0.6
+
+    def __post_init__(self):
+        if self.memory_size < 1:
+            raise UserError(f"MCIC memory_size must be at least 1, got {self.memory_size}")
+        for name in ("enqueue_threshold", "seed_threshold", "saliency_weight", "cam_seed_min_weight"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"MCIC {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.entropy_weight < 0 or self.rampup_epochs < 0:
+            raise UserError(f"MCIC entropy_weight and rampup_epochs must be >= 0, got {self.entropy_weight} and "
+                            f"{self.rampup_epochs}")
 
 
 def rampup(step: int, total: int) -> float:

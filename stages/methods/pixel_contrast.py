@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX
 from .memory import PixelSegmentMemory
 
@@ -57,6 +58,18 @@ class MemoryContrastOptions:
     pixel_memory: int = 5000
     segment_memory: int = 5000
     pixels_per_class: int = 10
+
+    def __post_init__(self):
+        for name in ("dim", "max_anchors", "max_anchors_per_class", "pixel_memory", "segment_memory",
+                     "pixels_per_class"):
+            if getattr(self, name) < 1:
+                raise UserError(f"memory contrast {name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0 or self.base_temperature <= 0:
+            raise UserError(f"memory contrast temperatures must be > 0, got {self.temperature} and "
+                            f"{self.base_temperature}")
+        if self.weight < 0 or self.warmup_epochs < 0:
+            raise UserError(f"memory contrast weight and warmup_epochs must be >= 0, got {self.weight} and "
+                            f"{self.warmup_epochs}")
 
 
 def memory_contrast(anchors: torch.Tensor, anchor_labels: torch.Tensor, memory: torch.Tensor,

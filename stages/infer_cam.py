@@ -4,21 +4,28 @@ Input: `cam/checkpoint.pt` and the dataset index. Output: `cams/<split>.h5` (see
 As in IRN's make_cam: for each scale the image and its flip go through the network, the maps are upsampled
 to the image size and summed over scales and flips, then each labelled class is divided by its maximum.
 Images of equal size are batched together, which is where the speed comes from on the synthetic set.
+The CAMs are written as parts of `part_size` images (`cams/.<split>.h5.parts/`), each renamed into place when
+complete, then merged: a killed run resumes at the first missing part. Under torchrun the processes take every
+N-th part and the main process merges.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core.camstore import CamWriter, cam_file_name
+from .core.camstore import CamReader, CamWriter, cam_file_name
 from .core.checkpoint import load_checkpoint
 from .core.console import console, progress_bar
 from .core.device import memory_format, resolve_device, seed_everything
+from .core.distributed import processes
 from .core.errors import UserError
-from .core.runs import Run
+from .core.resumable import resumable_directory
+from .core.runs import Run, comparable, fingerprint
 from .data.loading import same_size_batches
 from .methods import cam_model_from_checkpoint
 from .models.multiscale import multi_scale_sum
@@ -32,45 +39,76 @@ class InferCamConfig:
     flip: bool = True
     raw: bool = False  # methods that refine their CAMs (SEAM's PCM): write the unrefined ones instead
     batch_size: int = 16
+    part_size: int = 256  # images per part file: a killed run loses at most one part's work per process
     workers: int = 1
     device: str = "auto"
     amp: bool = True
     seed: int = 0
 
 
-def infer_cam(run: Run, config: InferCamConfig) -> dict:
+def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
+    """CAMs of a split; skipped when up to date (see `Run.up_to_date`) unless `force`."""
     if not config.scales or any(s <= 0 for s in config.scales):
         raise UserError(f"scales must be positive numbers, got {list(config.scales)}")
+    if config.part_size < 1:
+        raise UserError(f"part size must be at least 1, got {config.part_size}")
     dataset = run.dataset()
     samples = dataset.split(config.split)
     checkpoint_path = run.require(CHECKPOINT, "run `wsss train-cam` first")
+    key = f"infer-cam/{config.split}{'-raw' if config.raw else ''}"
+    inputs = [run.path("dataset.json"), checkpoint_path]
+    done = run.up_to_date(key, asdict(config), inputs, force)
+    if done is not None:
+        return done
     checkpoint = load_checkpoint(checkpoint_path, "cam")
     if checkpoint["class_names"] != dataset.class_names:
         raise UserError(f"{checkpoint_path} was trained on other classes than this run's dataset")
+    procs = processes()
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    train_config = checkpoint["config"]
     model = cam_model_from_checkpoint(checkpoint, checkpoint_path).to(device, memory_format=memory_format(device))
+    cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams
 
     output = run.path(cam_file_name(config.split, config.raw))
-    cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams
-    with run.stage(f"infer-cam/{config.split}{'-raw' if config.raw else ''}", asdict(config)) as record:
-        record.inputs += [run.path("dataset.json"), checkpoint_path]
+    parts_dir = output.parent / f".{output.name}.parts"
+    attributes = dict(class_names=dataset.class_names, split=config.split, scales=list(config.scales),
+                      config={"infer": asdict(config), "train": checkpoint["config"]},
+                      kind="cam_raw" if config.raw else "cam")
+    finished = resumable_directory(parts_dir, {**comparable(asdict(config)), "part_size": config.part_size,
+                                               "inputs": [fingerprint(p) for p in inputs]}, procs)
+    parts = [(parts_dir / f"part-{start:08d}.h5", samples[start:start + config.part_size])
+             for start in range(0, len(samples), config.part_size)]
+    todo = [(path, part) for path, part in procs.shard(parts) if path.name not in finished]
+    with run.stage(key, asdict(config), inputs) as record:
         console.print(f"infer-cam: {len(samples)} {config.split} images, scales {list(config.scales)}, "
-                      f"flip {config.flip}, device {device}")
-        with CamWriter(output, class_names=dataset.class_names, split=config.split, scales=list(config.scales),
-                       config={"infer": asdict(config), "train": train_config},
-                       kind="cam_raw" if config.raw else "cam") as writer, progress_bar() as bar:
-            task = bar.add_task("infer-cam", total=len(samples), status="")
-            for batch_samples, images in same_size_batches(samples, config.batch_size, config.workers):
-                cams = fused_cams(cam_function, images.to(device), config.scales, config.flip, device, config.amp)
-                for sample, sample_cams in zip(batch_samples, cams):
-                    classes = np.array(sample.labels, dtype=np.int64)
-                    writer.write(sample.id, normalise_per_class(sample_cams[classes - 1]), classes)
-                bar.update(task, advance=len(batch_samples))
+                      f"flip {config.flip}, device {device}"
+                      + (f", {procs.world_size} processes" if procs.distributed else "")
+                      + (f"; {len(finished)} of {len(parts)} parts already done" if finished else ""))
+        with progress_bar() as bar:
+            task = bar.add_task("infer-cam", total=sum(len(part) for part in todo), status="")
+            for path, part in todo:
+                with CamWriter(path, **attributes) as writer:
+                    for batch_samples, images in same_size_batches(part, config.batch_size, config.workers):
+                        cams = fused_cams(cam_function, images.to(device), config.scales, config.flip, device,
+                                          config.amp)
+                        for sample, sample_cams in zip(batch_samples, cams):
+                            classes = np.array(sample.labels, dtype=np.int64)
+                            writer.write(sample.id, normalise_per_class(sample_cams[classes - 1]), classes)
+                        bar.update(task, advance=len(batch_samples))
+        procs.barrier()
+        if procs.is_main:
+            merge_parts([path for path, _ in parts], output, attributes)
+            shutil.rmtree(parts_dir)
         record.outputs.append(output)
         record.metrics["images"] = len(samples)
     return record.metrics
+
+
+def merge_parts(parts: list[Path], output: Path, attributes: dict) -> None:
+    with CamWriter(output, **attributes) as writer:
+        for path in parts:
+            with CamReader(path) as reader:
+                writer.copy_from(reader)
 
 
 def fused_cams(cam_function, images: torch.Tensor, scales, flip: bool, device: torch.device,

@@ -6,6 +6,8 @@ the high (foreground) threshold gives confident foreground, with the low (backgr
 background; each map goes through the label refinements (dense CRF); pixels the two disagree on are 255
 (ignored by the segmenter's loss). `--refine saliency` takes the background from saliency maps instead
 (see stages/refine/saliency.py). Images are processed in parallel worker processes (CRF is single-threaded).
+A killed run resumes where it stopped: masks already written with the same config and inputs are kept (see
+core/resumable.py). Under torchrun each process labels every N-th image.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 
 from .core.camstore import CamReader, cam_file_name
 from .core.console import console, progress_bar
+from .core.distributed import processes
 from .core.errors import UserError
-from .core.io import IGNORE_INDEX, check_plain_name, load_image, save_mask, write_json
-from .core.runs import Run
+from .core.io import IGNORE_INDEX, check_plain_name, load_image, load_mask, save_mask, write_json
+from .core.resumable import resumable_directory
+from .core.runs import Run, comparable, fingerprint
 from .refine import ImageItem, Refinement, RefineInputs, parse_refinements, refinement_names
 from .refine.pcm import check_pcm_checkpoint
 from .refine.saliency import SaliencyBackground
@@ -72,19 +76,20 @@ def make_pseudo_mask(item: ImageItem, cams: np.ndarray, classes: np.ndarray, con
     return mask
 
 
-def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
+def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) -> dict:
+    """Pseudo masks of a split; skipped when up to date (see `Run.up_to_date`) unless `force`."""
     if not 0 <= config.bg_threshold <= config.fg_threshold <= 1:
         raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {config.bg_threshold} and "
                         f"{config.fg_threshold}")
     names = refinement_names(config.refine)  # fail on a bad name before any work
     check_plain_name(config.mask_set, "mask set name", "crf-fitted")
-    inputs = RefineInputs(checkpoint=Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT),
-                          saliency_dir=config.saliency_dir or str(run.path(SALIENCY_DIR)),
-                          saliency_threshold=config.saliency_threshold)
-    if "pcm" in names:
-        check_pcm_checkpoint(inputs.checkpoint)  # in this process without building the model: workers build it
-    if "saliency" in names:
-        SaliencyBackground(inputs.saliency_dir, inputs.saliency_threshold)  # a missing directory fails here, once
+    refine_inputs = RefineInputs(
+        checkpoint=Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT),
+        saliency_dir=config.saliency_dir or str(run.path(SALIENCY_DIR)), saliency_threshold=config.saliency_threshold)
+    if "pcm" in names:  # checked here without building the model: workers build it
+        check_pcm_checkpoint(refine_inputs.checkpoint)
+    if "saliency" in names:  # a missing directory fails here, once
+        SaliencyBackground(refine_inputs.saliency_dir, refine_inputs.saliency_threshold)
     dataset = run.dataset()
     samples = dataset.split(config.split)
     infer_command = f"wsss infer-cam --split {config.split}{' --raw' if config.raw else ''}"
@@ -95,24 +100,40 @@ def pseudo_label(run: Run, config: PseudoLabelConfig) -> dict:
         raise UserError(f"{cam_file} has no CAM for {len(missing)} images of split {config.split} "
                         f"(e.g. {missing[0]}): re-run `{infer_command}`")
     out_dir = pseudo_mask_dir(run, config.mask_set)
-    jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in samples]
+    key = f"pseudo-label/{config.mask_set}"
+    inputs = ([run.path("dataset.json"), cam_file] + ([refine_inputs.checkpoint] if "pcm" in names else [])
+              + ([refine_inputs.saliency_dir] if "saliency" in names else []))
+    done = run.up_to_date(key, asdict(config), inputs, force)
+    if done is not None:
+        return done
+    procs = processes()
+    finished = resumable_directory(out_dir, {**comparable(asdict(config)),
+                                             "inputs": [fingerprint(p) for p in inputs]}, procs)
+    mine = procs.shard(samples)
+    jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in mine if f"{s.id}.png" not in finished]
 
-    with run.stage(f"pseudo-label/{config.mask_set}", asdict(config)) as record:
-        record.inputs += ([run.path("dataset.json"), cam_file] + ([inputs.checkpoint] if "pcm" in names else [])
-                          + ([inputs.saliency_dir] if "saliency" in names else []))
-        console.print(f"pseudo-label: {len(jobs)} images, refine {config.refine}, thresholds fg "
-                      f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers")
+    with run.stage(key, asdict(config), inputs) as record:
+        console.print(f"pseudo-label: {len(samples)} images, refine {config.refine}, thresholds fg "
+                      f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers"
+                      + (f", {procs.world_size} processes" if procs.distributed else "")
+                      + (f"; {len(mine) - len(jobs)} masks already done" if len(jobs) < len(mine) else ""))
         ignored = labelled = 0
+        for sample in mine:  # the finished masks count towards the ignored fraction too
+            if f"{sample.id}.png" in finished:
+                mask = load_mask(f"{out_dir}/{sample.id}.png")
+                ignored, labelled = ignored + int((mask == IGNORE_INDEX).sum()), labelled + mask.size
         context = multiprocessing.get_context("fork")
-        with context.Pool(config.workers, _init_worker, (str(cam_file), config, inputs)) as pool, \
+        with context.Pool(config.workers, _init_worker, (str(cam_file), config, refine_inputs)) as pool, \
                 progress_bar() as bar:
             task = bar.add_task("pseudo-label", total=len(jobs), status="")
             for ignored_pixels, pixels in pool.imap_unordered(_label_one, jobs, chunksize=8):
                 ignored += ignored_pixels
                 labelled += pixels
                 bar.update(task, advance=1)
-        record.metrics = {"images": len(jobs), "ignored_fraction": round(ignored / max(labelled, 1), 4)}
-        write_json(f"{out_dir}/info.json", {"config": asdict(config), "source": str(cam_file), **record.metrics})
+        ignored, labelled = procs.sum([ignored, labelled])
+        record.metrics = {"images": len(samples), "ignored_fraction": round(ignored / max(labelled, 1), 4)}
+        if procs.is_main:
+            write_json(f"{out_dir}/info.json", {"config": asdict(config), "source": str(cam_file), **record.metrics})
         record.outputs.append(out_dir)
     return record.metrics
 

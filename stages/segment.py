@@ -4,7 +4,10 @@ Methods (`stages.methods.SEGMENT_METHODS`): `deeplab` trains on masks, `pseudo/<
 dataset's own with `labels="gt"`, the fully supervised upper bound), optionally with an add-on contrast loss
 (`contrast="memory"`); `mcic` trains end to end from image labels and saliency maps, and also writes its seeds
 of the training images as pseudo masks `pseudo/mcic/`. Output: `segment/<tag>/checkpoint.pt` (the segmenter
-alone: training-only heads and memories are not saved) and `segment/<tag>/pred_<split>/<id>.png`.
+alone: training-only heads and memories are not saved) and `segment/<tag>/pred_<split>/<id>.png`. While it trains,
+`segment/<tag>/train_state.pt` holds the state after the last finished epoch, heads and memories included
+(`--resume`). Under torchrun every process trains on its share of each batch (DistributedDataParallel) and
+predicts its share of the images.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import torch.nn.functional as F
 from .core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from .core.console import console, progress_bar
 from .core.device import autocast, memory_format, resolve_device, seed_everything
+from .core.distributed import Processes, processes, synchronise_batchnorm
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask
-from .core.runs import Run
-from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
+from .core.resumable import resumable_directory
+from .core.runs import Run, fingerprint
+from .core.training import (OptimConfig, TrainingState, distributed, log_epoch, make_optimizer, train_epochs,
+                            training_loader)
 from .data.loading import Augment, SplitDataset, check_mask_sizes, multi_hot, same_size_batches
 from .data.saliency import DirectorySaliency
 from .methods import build_segment_method
@@ -51,7 +57,8 @@ class SegmentConfig:
     train_split: str = "train"
     predict_splits: tuple[str, ...] = ("val",)
     epochs: int = 8
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: under torchrun each of N processes takes batch_size / N
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each process's share
     lr: float = 0.05
     head_lr_mult: float = 1.0
     weight_decay: float = 1e-4
@@ -78,17 +85,19 @@ def segment_dir(run: Run, config: SegmentConfig) -> Path:
     return run.path("segment", config.tag)
 
 
-def segment(run: Run, config: SegmentConfig) -> dict:
+def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: bool = False) -> dict:
+    """Train and predict; skipped when up to date (see `Run.up_to_date`) unless `force`."""
     dataset = run.dataset()
     samples = dataset.split(config.train_split)
     for split in config.predict_splits:
         dataset.split(split)  # unknown split: fail now, not after training
+    procs = processes()
     device = resolve_device(config.device)
-    generator = seed_everything(config.seed)
-    model = DeepLab(config.model, len(dataset.class_names)).to(device, memory_format=memory_format(device))
+    seed_everything(config.seed)
+    model = DeepLab(config.model, len(dataset.class_names))
     steps_per_epoch = len(samples) // config.batch_size
     method = build_segment_method(config.method, config.method_options, config.contrast, config.contrast_options,
-                                  model, len(dataset.class_names), steps_per_epoch).to(device)
+                                  model, len(dataset.class_names), steps_per_epoch)
     inputs = [run.path("dataset.json")]
     mask_dir = saliency_dir = None
     if method.uses_masks:
@@ -98,49 +107,57 @@ def segment(run: Run, config: SegmentConfig) -> dict:
         saliency_dir = saliency_directory(run, config.saliency_dir, samples, config.train_split,
                                           f"segment --method {config.method}", require_all=True)
         inputs.append(saliency_dir)
+    done = run.up_to_date(f"segment/{config.tag}", asdict(config), inputs, force)
+    if done is not None:
+        return done
 
+    if config.sync_bn:
+        method = synchronise_batchnorm(method, device)
+    method.to(device, memory_format=memory_format(device))
+    step_losses = distributed(method, device, procs)
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=method.uses_masks,
                              mask_dir=mask_dir, seed=config.seed, saliency_dir=saliency_dir)
     if method.uses_masks:
         check_mask_sizes(samples, train_set.mask_path)
-    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
+    loader = training_loader(train_set, config.batch_size, config.workers, device, config.seed, procs)
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
     backbone_params, head_params = model.param_groups()
     optimizer = make_optimizer(backbone_params, head_params + method.new_parameters(), optim)
-    steps = iter(range(config.epochs * len(loader)))
 
-    def losses(batch: dict) -> dict[str, torch.Tensor]:
+    def losses(batch: dict, step: int) -> dict[str, torch.Tensor]:
         on_device = {key: value.to(device, non_blocking=True) for key, value in batch.items()
                      if isinstance(value, torch.Tensor)}
         on_device["image"] = on_device["image"].contiguous(memory_format=memory_format(device))
-        return method(on_device, next(steps))
+        return step_losses(on_device, step)
 
     out_dir = segment_dir(run, config)
-    with run.stage(f"segment/{config.tag}", asdict(config)) as record:
-        record.inputs += inputs
+    state = TrainingState(out_dir / "train_state.pt", method, asdict(config), resume)
+    with run.stage(f"segment/{config.tag}", asdict(config), inputs) as record:
         source = (f"{config.labels} masks" + (f" from {mask_dir}" if mask_dir else "") if method.uses_masks
                   else "image labels and saliency maps")
         console.print(f"segment: {config.method}{' + ' + config.contrast if config.contrast else ''}, "
                       f"{config.model.backbone} OS{config.model.output_stride} on {len(samples)} images with "
-                      f"{source}, device {device}")
+                      f"{source}, device {device}" + (f", {procs.world_size} processes" if procs.distributed else ""))
         method.train()
         history = train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, amp=config.amp,
                                losses_fn=losses,
                                on_epoch_end=lambda epoch, log: log_epoch(epoch, config.epochs, log),
-                               description=f"segment {config.tag}")
-        save_checkpoint(out_dir / "checkpoint.pt", kind="segmenter", config=asdict(config),
-                        class_names=dataset.class_names, model=model, metrics={"epochs": history})
+                               description=f"segment {config.tag}", state=state, procs=procs)
+        if procs.is_main:
+            save_checkpoint(out_dir / "checkpoint.pt", kind="segmenter", config=asdict(config),
+                            class_names=dataset.class_names, model=model, metrics={"epochs": history})
         record.outputs.append(out_dir / "checkpoint.pt")
         method.eval()
         for split in config.predict_splits:
             predicted = out_dir / f"pred_{split}"
-            predict(model, dataset.split(split), predicted, config, device)
+            predict(model, dataset.split(split), predicted, config, device, procs, out_dir / "checkpoint.pt")
             record.outputs.append(predicted)
         record.metrics = {"final_loss": round(sum(v for k, v in history[-1].items() if k != "seconds"), 4),
                           "epoch_seconds": round(float(np.mean([h["seconds"] for h in history])), 2)}
-    if hasattr(method, "seeds"):
+    if hasattr(method, "seeds") and procs.is_main:
         write_seed_masks(run, method, samples, saliency_dir, config, device)
+    state.discard(procs)
     return record.metrics
 
 
@@ -199,12 +216,18 @@ def load_segmenter(path: Path, num_classes: int) -> DeepLab:
 
 
 @torch.inference_mode()
-def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, device: torch.device) -> None:
-    """Write one palette PNG per image: argmax of softmax averaged over test scales (and flips), then CRF."""
+def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, device: torch.device,
+            procs: Processes, checkpoint: Path) -> None:
+    """Write one palette PNG per image: argmax of softmax averaged over test scales (and flips), then CRF.
+    Masks already written from the same checkpoint and test options are kept; each process predicts its share."""
+    identity = {"checkpoint": fingerprint(checkpoint), "test_scales": config.test_scales,
+                "test_flip": config.test_flip, "crf": config.crf}
+    finished = resumable_directory(out_dir, identity, procs)
+    todo = [s for s in procs.shard(samples) if f"{s.id}.png" not in finished]
     crf_jobs = []
     with progress_bar() as bar:
-        task = bar.add_task(f"predict {out_dir.name}", total=len(samples), status="")
-        for batch_samples, images in same_size_batches(samples, config.batch_size, config.workers):
+        task = bar.add_task(f"predict {out_dir.name}", total=len(todo), status="")
+        for batch_samples, images in same_size_batches(todo, config.batch_size, config.workers):
             probabilities = _multi_scale_softmax(model, images.to(device), config, device)
             for sample, probs in zip(batch_samples, probabilities):
                 path = out_dir / f"{sample.id}.png"
@@ -218,6 +241,7 @@ def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, devic
             task = bar.add_task("crf", total=len(crf_jobs), status="")
             for _ in pool.imap_unordered(_crf_and_save, crf_jobs, chunksize=4):
                 bar.update(task, advance=1)
+    procs.barrier()
 
 
 def _multi_scale_softmax(model, images: torch.Tensor, config: SegmentConfig, device) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Stage `train-cam`: train the image classifier whose CAMs seed everything downstream.
 
 Input: the run's dataset index. Output: `cam/checkpoint.pt` (weights, config, class names, per-epoch metrics).
+While it trains, `cam/train_state.pt` holds the state after the last finished epoch (`--resume`).
+Under torchrun every process trains on its share of each batch (DistributedDataParallel).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from torch.utils.data import DataLoader
 from .core.checkpoint import save_checkpoint
 from .core.console import console
 from .core.device import autocast, memory_format, resolve_device, seed_everything
+from .core.distributed import processes, synchronise_batchnorm
 from .core.errors import UserError
 from .core.runs import Run
-from .core.training import OptimConfig, log_epoch, make_optimizer, train_epochs, training_loader
+from .core.training import (OptimConfig, TrainingState, distributed, log_epoch, make_optimizer, train_epochs,
+                            training_loader)
 from .data.loading import Augment, SplitDataset
 from .methods import CamModelConfig, build_aux_loss, build_cam_model
 from .saliency import saliency_directory
 
 CHECKPOINT = "cam/checkpoint.pt"
+TRAINING_STATE = "cam/train_state.pt"
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class TrainCamConfig:
     val_split: str = "val"
     saliency_dir: str = ""  # for methods that use saliency (L2G shape transfer); default: the run's saliency/
     epochs: int = 5
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: under torchrun each of N processes takes batch_size / N
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each process's share
     lr: float = 0.1
     head_lr_mult: float = 10.0
     weight_decay: float = 1e-4
@@ -48,59 +54,86 @@ class TrainCamConfig:
     seed: int = 0
 
 
-def train_cam(run: Run, config: TrainCamConfig) -> dict:
+def train_cam(run: Run, config: TrainCamConfig, *, resume: bool = False, force: bool = False) -> dict:
+    """Train the classifier; skipped when up to date (see `Run.up_to_date`) unless `force`."""
     dataset = run.dataset()
     train_samples = dataset.split(config.train_split)
     val_samples = [s for s in dataset.split(config.val_split)] if config.val_split else []
+    procs = processes()
     device = resolve_device(config.device)
-    generator = seed_everything(config.seed)
+    seed_everything(config.seed)
     num_classes = dataset.num_classes
 
-    model = build_cam_model(config.method, config.model, num_classes, config.method_options).to(device, memory_format=memory_format(device))
-    aux = build_aux_loss(config.aux, config.aux_options, model, config.method).to(device) if config.aux else None
+    model = build_cam_model(config.method, config.model, num_classes, config.method_options)
+    aux = build_aux_loss(config.aux, config.aux_options, model, config.method) if config.aux else None
     saliency_dir = (saliency_directory(run, config.saliency_dir, train_samples, config.train_split, "train-cam")
                     if getattr(model, "uses_saliency", False) else None)
+    inputs = [run.path("dataset.json")] + ([saliency_dir] if saliency_dir else [])
+    done = run.up_to_date("train-cam", asdict(config), inputs, force)
+    if done is not None:
+        return done
+
+    trained = CamTraining(model, aux)
+    if config.sync_bn:
+        trained = synchronise_batchnorm(trained, device)
+    trained.to(device, memory_format=memory_format(device))
+    step_losses = distributed(trained, device, procs)
     augment = Augment(config.base_size, config.crop_size, config.scale_range)
     train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed, saliency_dir=saliency_dir)
-    loader = training_loader(train_set, config.batch_size, config.workers, device, generator)
+    loader = training_loader(train_set, config.batch_size, config.workers, device, config.seed, procs)
     optim = OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay)
     backbone_params, head_params = model.param_groups()
     optimizer = make_optimizer(backbone_params, head_params + (list(aux.parameters()) if aux else []), optim)
 
-    def losses(batch: dict) -> dict[str, torch.Tensor]:
+    def losses(batch: dict, step: int) -> dict[str, torch.Tensor]:
         images = batch["image"].to(device, non_blocking=True, memory_format=memory_format(device))
         labels = batch["labels"].to(device, non_blocking=True)
         extra = {}
         if saliency_dir:
             extra = {"saliency": batch["saliency"].to(device, non_blocking=True), "has_saliency": batch["has_saliency"]}
-        return training_terms(model, aux, images, labels, **extra)
+        return step_losses(images, labels, **extra)
 
     # Validation images are resized to the crop size (no randomness) so they batch whatever their size.
     val_set = SplitDataset(val_samples, num_classes, seed=config.seed,
                            augment=Augment(config.crop_size, config.crop_size, (1.0, 1.0), flip=False))
-    epoch_metrics: list[dict] = []
 
     def on_epoch_end(epoch: int, log: dict[str, float]) -> None:
-        if val_samples:
+        if val_samples and procs.is_main:
             log.update(classification_metrics(model, val_set, device, config.batch_size, config.amp))
-        epoch_metrics.append(dict(log))
         log_epoch(epoch, config.epochs, log)
         model.train()
 
-    with run.stage("train-cam", asdict(config)) as record:
-        record.inputs += [run.path("dataset.json")] + ([saliency_dir] if saliency_dir else [])
-        console.print(f"train-cam: {config.method}{' + ' + config.aux if aux else ''} on {len(train_samples)} {config.train_split} images, "
-                      f"{config.model.backbone} OS{config.model.output_stride}, device {device}")
-        model.train()
-        train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, amp=config.amp, losses_fn=losses,
-                     on_epoch_end=on_epoch_end, description="train-cam")
+    state = TrainingState(run.path(TRAINING_STATE), trained, asdict(config), resume)
+    with run.stage("train-cam", asdict(config), inputs) as record:
+        console.print(f"train-cam: {config.method}{' + ' + config.aux if aux else ''} on {len(train_samples)} "
+                      f"{config.train_split} images, {config.model.backbone} OS{config.model.output_stride}, "
+                      f"device {device}" + (f", {procs.world_size} processes" if procs.distributed else ""))
+        trained.train()
+        epoch_metrics = train_epochs(loader=loader, optimizer=optimizer, config=optim, device=device, amp=config.amp,
+                                     losses_fn=losses, on_epoch_end=on_epoch_end, description="train-cam",
+                                     state=state, procs=procs)
         final = epoch_metrics[-1]
         record.metrics = {k: round(v, 4) for k, v in final.items() if k in ("val_map", "val_f1")}
         record.metrics["epoch_seconds"] = round(float(np.mean([m["seconds"] for m in epoch_metrics])), 2)
-        save_checkpoint(run.path(CHECKPOINT), kind="cam", config=asdict(config), class_names=dataset.class_names,
-                        model=model, metrics={"epochs": epoch_metrics})
+        if procs.is_main:
+            save_checkpoint(run.path(CHECKPOINT), kind="cam", config=asdict(config), class_names=dataset.class_names,
+                            model=model, metrics={"epochs": epoch_metrics})
         record.outputs.append(run.path(CHECKPOINT))
+        state.discard(procs)
     return record.metrics
+
+
+class CamTraining(torch.nn.Module):
+    """The CAM model and its add-on loss as one module whose forward computes the training terms: what
+    DistributedDataParallel wraps, and what the training state saves."""
+
+    def __init__(self, model: torch.nn.Module, aux: torch.nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.aux = aux
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, **extra) -> dict[str, torch.Tensor]:
+        return training_terms(self.model, self.aux, images, labels, **extra)
 
 
 def training_terms(model, aux, images: torch.Tensor, labels: torch.Tensor, **extra) -> dict[str, torch.Tensor]:

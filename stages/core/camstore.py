@@ -6,7 +6,9 @@ Layout (schema `wsss.cams`, version 1):
   /cams/<image id>: float16 (K, H, W), gzip-compressed, one channel per labelled foreground class,
                     each max-normalised to [0, 1]; attributes `classes` (K class indices, 1..C) and
                     `image_size` (H, W).
-The file is written under a temporary name and renamed when complete.
+The file is written under a temporary name and renamed when complete. `wsss infer-cam` first writes parts of
+the same schema (a few hundred images each, so a killed run keeps its finished parts) and then copies them into
+one file (`CamWriter.copy_from`), chunks as they are, without decompressing.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class CamWriter:
         )
         dataset.attrs["classes"] = np.asarray(classes, dtype=np.int16)
         dataset.attrs["image_size"] = np.asarray(cams.shape[1:], dtype=np.int32)
+
+    def copy_from(self, reader: "CamReader") -> None:
+        """Every image's CAMs of another CAM file, compressed chunks and attributes as they are."""
+        for image_id in reader.ids():
+            reader._file.copy(reader._file["cams"][image_id], self._group, name=image_id)
 
     def close(self) -> None:
         self._file.close()

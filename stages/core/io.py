@@ -19,6 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from .errors import UserError
 
 IGNORE_INDEX = 255
+# Pillow's modes for 16-bit grayscale ('I;16*'), and 'I' (32-bit), which older Pillows give 16-bit PNGs.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 @contextlib.contextmanager
@@ -46,6 +48,11 @@ def check_plain_name(name: str, what: str, example: str) -> str:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def json_ready(data: Any) -> Any:
+    """`data` as it reads back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(data, default=_json_default))
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -102,17 +109,29 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a label mask as (H, W) uint8. Palette PNGs give their indices; 'L' PNGs their values."""
     image = _open(path, "mask")
+    if image.mode in SIXTEEN_BIT_MODES:
+        raise UserError(f"mask {path} is a 16-bit image (mode {image.mode}): expected a palette or 8-bit "
+                        "grayscale PNG")
     if image.mode not in ("P", "L"):
         raise UserError(f"mask {path} has mode {image.mode}: expected a palette or 8-bit grayscale PNG")
     return np.asarray(image, dtype=np.uint8)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB, whatever its mode on disk (grayscale, RGBA, CMYK, palette)."""
+    """Read an image as (H, W, 3) uint8 RGB, whatever its mode on disk (grayscale, RGBA, CMYK, palette, 16-bit)."""
     image = _open(path, "image")
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = _scale_to_8_bit(image)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)
+
+
+def _scale_to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale → 8-bit 'L' keeping the high byte: Pillow's own conversion clips everything above 255
+    to white. Mode 'I' (32-bit, how older Pillows open 16-bit PNGs) is taken to hold 16-bit values too."""
+    values = np.asarray(image).astype(np.int64) >> 8
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))  # uint8 (H, W): mode "L"
 
 
 def _open(path: str | os.PathLike, what: str) -> Image.Image:
@@ -122,5 +141,6 @@ def _open(path: str | os.PathLike, what: str) -> Image.Image:
             return image
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    # A corrupt header can claim billions of pixels: Pillow's DecompressionBombError is not an OSError.
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise UserError(f"cannot read {what} {path}: {error}") from None

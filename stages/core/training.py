@@ -1,18 +1,28 @@
-"""The training loop both training stages share: SGD, poly learning rate, AMP on CUDA, progress bar."""
+"""The training loop both training stages share: SGD, poly learning rate, AMP on CUDA, progress bar, a training
+state saved after every epoch (`--resume`), and DistributedDataParallel under torchrun."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
+from .checkpoint import safe_load
 from .console import console, progress_bar
-from .device import autocast
+from .device import autocast, restore_rng_state, rng_state
+from .distributed import Processes, check_batch_split
 from .errors import UserError
+from .io import atomic_path, json_ready
+from .runs import comparable
+
+TRAINING_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -25,11 +35,29 @@ class OptimConfig:
     poly_power: float = 0.9
 
 
-def training_loader(dataset, batch_size: int, workers: int, device: torch.device,
-                    generator: torch.Generator) -> DataLoader:
-    """Shuffled (by the seeded generator), full batches only, pinned memory when feeding a GPU."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                      persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=generator)
+def training_loader(dataset, batch_size: int, workers: int, device: torch.device, seed: int,
+                    procs: Processes) -> DataLoader:
+    """Full batches only, pinned memory when feeding a GPU. The order of an epoch is a permutation drawn from
+    (seed, epoch) alone, so a resumed run sees the same batches; with N processes each takes every N-th image of
+    it and a batch of batch_size / N, so that together they see the same images per step as one process."""
+    sampler = DistributedSampler(dataset, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    # The loader draws its workers' base seed from this generator, not from the global one that the methods
+    # draw from, so starting a loader on resume does not shift the methods' random numbers.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=check_batch_split(batch_size, procs), sampler=sampler, drop_last=True,
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                      generator=generator)
+
+
+def distributed(trained: nn.Module, device: torch.device, procs: Processes) -> nn.Module:
+    """`trained` wrapped in DistributedDataParallel under torchrun (itself otherwise). Its forward must compute
+    the loss terms, so that DDP sees every parameter the step uses. Buffers are not broadcast from rank 0: the
+    memory banks are each process's own (BatchNorm statistics are synchronised with --sync-bn instead)."""
+    if not procs.distributed:
+        return trained
+    return DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True, broadcast_buffers=False)
 
 
 def make_optimizer(backbone_params, head_params, config: OptimConfig) -> torch.optim.SGD:
@@ -48,6 +76,64 @@ def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, power
         group["lr"] = group["base_lr"] * factor
 
 
+@dataclass
+class TrainingState:
+    """Where a stage keeps its per-epoch training state, and whether to continue from it (`--resume`).
+
+    The state is everything the next epoch depends on: the weights of every trained module (the model, training-
+    only heads, and memory banks as their modules' extra state), the optimizer, the loss scaler, each process's
+    random generators, the epoch count and the per-epoch metrics. With it a resumed run continues to the same
+    result as an uninterrupted one. A state saved under another config is refused, not silently mixed in.
+    """
+
+    path: Path
+    trained: nn.Module
+    config: dict[str, Any]
+    resume: bool = False
+
+    def save(self, epoch: int, history: list[dict], optimizer, scaler, procs: Processes) -> None:
+        rng = procs.gather(rng_state())  # every process's generators: each continues with its own
+        if procs.is_main:
+            payload = {"version": TRAINING_STATE_VERSION, "epoch": epoch, "history": history,
+                       "config": json_ready(self.config),
+                       "world_size": procs.world_size, "modules": self.trained.state_dict(),
+                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng}
+            with atomic_path(self.path) as tmp:
+                torch.save(payload, tmp)
+        procs.barrier()
+
+    def load(self, optimizer, scaler, procs: Processes) -> tuple[int, list[dict]]:
+        """(epochs done, their metrics) after restoring everything; (0, []) when there is nothing to resume."""
+        if not self.resume:
+            return 0, []
+        if not self.path.is_file():
+            console.print(f"--resume: no training state at {self.path}, starting from the first epoch")
+            return 0, []
+        payload = safe_load(self.path, "training state")
+        if not isinstance(payload, dict) or payload.get("version") != TRAINING_STATE_VERSION:
+            raise UserError(f"{self.path} is not a wsss training state of version {TRAINING_STATE_VERSION}")
+        saved, current = comparable(payload["config"]), comparable(self.config)
+        changed = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+        if changed:
+            key = changed[0]
+            raise UserError(f"cannot resume from {self.path}: it was saved with {key}={saved.get(key)!r}, "
+                            f"this run has {key}={current.get(key)!r} (run without --resume to start over)")
+        if payload["world_size"] != procs.world_size:
+            raise UserError(f"cannot resume from {self.path}: it was saved by {payload['world_size']} processes, "
+                            f"this run has {procs.world_size}")
+        self.trained.load_state_dict(payload["modules"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng_state(payload["rng"][procs.rank])
+        console.print(f"--resume: continuing after epoch {payload['epoch']} from {self.path}")
+        return payload["epoch"], payload["history"]
+
+    def discard(self, procs: Processes) -> None:
+        """Once the stage's own outputs are written the state is no longer needed (it holds the optimizer too)."""
+        if procs.is_main:
+            self.path.unlink(missing_ok=True)
+
+
 def train_epochs(
     *,
     loader: DataLoader,
@@ -55,48 +141,54 @@ def train_epochs(
     config: OptimConfig,
     device: torch.device,
     amp: bool,
-    losses_fn: Callable[[dict], dict[str, torch.Tensor]],
+    losses_fn: Callable[[dict, int], dict[str, torch.Tensor]],
     on_epoch_end: Callable[[int, dict[str, float]], None],
     description: str,
+    state: TrainingState,
+    procs: Processes,
 ) -> list[dict[str, float]]:
-    """Run `config.epochs` epochs; `losses_fn(batch)` returns named loss terms that are summed.
+    """Run `config.epochs` epochs (or those left after a resumed state); `losses_fn(batch, step)` returns named
+    loss terms that are summed. The training state is saved after every epoch, after `on_epoch_end`.
 
     Returns one dict per epoch with the mean of each term and the epoch's seconds.
     """
     # Loss scaling is for float16 only (CUDA); CPU autocast uses bfloat16, which has float32's range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-    total_steps = config.epochs * len(loader)
+    steps_per_epoch = len(loader)
+    total_steps = config.epochs * steps_per_epoch
     if total_steps == 0:
         raise UserError("nothing to train on: the training split is smaller than one batch")
-    history = []
-    step = 0
+    first_epoch, history = state.load(optimizer, scaler, procs)
     with progress_bar() as progress:
-        task = progress.add_task(description, total=total_steps, status="")
-        for epoch in range(config.epochs):
-            if hasattr(loader.dataset, "epoch"):
-                loader.dataset.epoch = epoch
+        task = progress.add_task(description, total=total_steps, completed=first_epoch * steps_per_epoch, status="")
+        for epoch in range(first_epoch, config.epochs):
+            loader.sampler.set_epoch(epoch)
+            loader.dataset.epoch = epoch
             sums: dict[str, float] = {}
             started = time.perf_counter()
-            for batch in loader:
+            for index, batch in enumerate(loader):
+                step = epoch * steps_per_epoch + index
                 poly_lr(optimizer, step, total_steps, config.poly_power)
                 with autocast(device, amp):
-                    terms = losses_fn(batch)
+                    terms = losses_fn(batch, step)
                     loss = sum(terms.values())
                 if not math.isfinite(loss.item()):
                     raise UserError(f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                    "lower --lr")
+                                    + (f"the last good state (after epoch {epoch}) is kept in {state.path}"
+                                       if epoch > 0 else "no epoch had completed")
+                                    + "; lower --lr")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.item()
-                step += 1
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.4f}")
-            epoch_log = {name: total / len(loader) for name, total in sums.items()}
+            epoch_log = {name: total / steps_per_epoch for name, total in sums.items()}
             epoch_log["seconds"] = time.perf_counter() - started
             history.append(epoch_log)
             on_epoch_end(epoch, epoch_log)
+            state.save(epoch + 1, history, optimizer, scaler, procs)
     return history
 
 

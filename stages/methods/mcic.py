@@ -233,6 +233,13 @@ class McicTrainer(nn.Module):
         outputs = self.branches(images, labels)
         return self.all_seeds(outputs, labels, saliency, images.shape[-2:])[2]
 
+    def get_extra_state(self) -> dict:
+        return self.memory.state() if self.memory is not None else {}
+
+    def set_extra_state(self, state: dict) -> None:
+        device = next(self.parameters()).device
+        self.memory = ClassQueue.from_state(state, False, device) if state else None
+
     def propagate(self, features: torch.Tensor, with_background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Context from the memory entries of each image's classes: (B, C, h, w) and attention (B, hw, M)."""
         if self.memory is None:

@@ -5,7 +5,8 @@
 entry and moves the write position by n (the official ContrastiveSeg code moves it by 1 whatever n is, so most of
 each push is overwritten by the next one, a bug its authors acknowledged); once full, the oldest are overwritten.
 `PixelSegmentMemory` holds the two queues of cross-image pixel contrast: K random pixels and one mean feature
-(a "segment") per class per image. The memories are training state only: no checkpoint carries them.
+(a "segment") per class per image. The memories are training state: the per-epoch training state carries them
+(as their method's extra state), the segmenter's checkpoint does not.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ class ClassQueue:
     @property
     def num_classes(self) -> int:
         return self.features.shape[0]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"features": self.features, "write_position": torch.tensor(self.write_position),
+                "count": torch.tensor(self.count)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], normalize: bool, device: torch.device | str) -> "ClassQueue":
+        num_classes, size, dim = state["features"].shape
+        queue = cls(num_classes, size, dim, normalize, device)
+        queue.features.copy_(state["features"])
+        queue.write_position = state["write_position"].tolist()
+        queue.count = state["count"].tolist()
+        return queue
 
     @torch.no_grad()
     def push(self, class_index: int, features: torch.Tensor) -> None:
@@ -75,6 +89,19 @@ class PixelSegmentMemory:
         self.pixels = ClassQueue(num_classes, pixel_size, dim, device=device)
         self.segments = ClassQueue(num_classes, segment_size, dim, device=device)
         self.pixels_per_class = pixels_per_class
+
+    def state(self) -> dict:
+        return {"pixels": self.pixels.state(), "segments": self.segments.state(),
+                "pixels_per_class": self.pixels_per_class}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device | str) -> "PixelSegmentMemory":
+        pixels, segments = state["pixels"]["features"], state["segments"]["features"]
+        memory = cls(pixels.shape[0], pixels.shape[2], pixels.shape[1], segments.shape[1], state["pixels_per_class"],
+                     device)
+        memory.pixels = ClassQueue.from_state(state["pixels"], True, device)
+        memory.segments = ClassQueue.from_state(state["segments"], True, device)
+        return memory
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:

@@ -136,6 +136,13 @@ class MemoryPixelContrast(nn.Module):
         self.warmup_steps = round(options.warmup_epochs * steps_per_epoch)
         self.memory: PixelSegmentMemory | None = None  # made on first use, on the features' device
 
+    def get_extra_state(self) -> dict:
+        return self.memory.state() if self.memory is not None else {}
+
+    def set_extra_state(self, state: dict) -> None:
+        device = next(self.parameters()).device
+        self.memory = PixelSegmentMemory.from_state(state, device) if state else None
+
     def forward(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                 step: int) -> dict[str, torch.Tensor]:
         """`features` (B, C, h, w) decoder features, `logits` (B, K, h, w) at the same resolution, `labels`

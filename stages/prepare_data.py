@@ -18,6 +18,7 @@ from .core.runs import DATASET_INDEX, Run
 from .data.folder import read_folder
 from .data.index import DatasetIndex
 from .data.synth import SynthConfig, generate
+from .data.verify import bad_sample_error, distinct_samples, find_problems, skipped_summary, without_problems
 from .data.voc import DEFAULT_SPLITS, find_voc_dir, read_voc
 
 
@@ -33,28 +34,58 @@ def data_synth(run: Run, config: SynthConfig, out_dir: Path | None = None, worke
     return index
 
 
-def data_voc(run: Run, root: Path, splits: Sequence[str] = DEFAULT_SPLITS, workers: int = 8) -> DatasetIndex:
+def data_voc(run: Run, root: Path, splits: Sequence[str] = DEFAULT_SPLITS, workers: int = 8, verify: bool = True,
+             skip_bad: bool = False) -> DatasetIndex:
+    """Index VOC. `verify` decodes every image and mask once (see `data.verify`); a bad one is an error, or with
+    `skip_bad` left out and listed in the index's `skipped`."""
     find_voc_dir(root)  # a wrong path fails before any progress bar is drawn
-    with run.stage("data", {"source": "voc", "root": str(root), "splits": list(splits)}) as record:
+    config = {"source": "voc", "root": str(root), "splits": list(splits), "verify": verify, "skip_bad": skip_bad}
+    with run.stage("data", config) as record:
         with progress_bar() as bar:
             task = bar.add_task("data voc", total=None, status="reading masks")
-            index = read_voc(root, splits, workers=workers, progress=lambda n: bar.update(task, advance=n))
-        _finish(run, index, record)
+            index = read_voc(root, splits, workers=workers, progress=lambda n: bar.update(task, advance=n),
+                             skip_bad=skip_bad)
+        if verify:
+            index = _verified(index, workers, skip_bad)
+        _finish(run, index, record, verify)
     return index
 
 
-def data_folder(run: Run, root: Path, labels_file: Path | None = None) -> DatasetIndex:
-    with run.stage("data", {"source": "folder", "root": str(root), "labels": str(labels_file)}) as record:
+def data_folder(run: Run, root: Path, labels_file: Path | None = None, workers: int = 8, verify: bool = True,
+                skip_bad: bool = False) -> DatasetIndex:
+    """Index a folder of images; `verify` and `skip_bad` as for `data_voc`."""
+    config = {"source": "folder", "root": str(root), "labels": str(labels_file), "verify": verify,
+              "skip_bad": skip_bad}
+    with run.stage("data", config) as record:
         index = read_folder(root, labels_file)
-        _finish(run, index, record)
+        if verify:
+            index = _verified(index, workers, skip_bad)
+        _finish(run, index, record, verify)
     return index
 
 
-def _finish(run: Run, index: DatasetIndex, record) -> None:
+def _verified(index: DatasetIndex, workers: int, skip_bad: bool) -> DatasetIndex:
+    """`index` after the decode pass: the first bad sample raises, unless `skip_bad` leaves them all out."""
+    samples = distinct_samples(index)
+    with progress_bar() as bar:
+        task = bar.add_task("verify", total=len(samples), status="decoding images and masks")
+        problems = find_problems(samples, len(index.class_names), workers,
+                                 progress=lambda n: bar.update(task, advance=n), first_only=not skip_bad)
+    if problems and not skip_bad:
+        raise bad_sample_error(problems[0])
+    return without_problems(index, problems)
+
+
+def _finish(run: Run, index: DatasetIndex, record, verified: bool = False) -> None:
     index.save(run.path(DATASET_INDEX))
     record.inputs.append(index.root)
     record.outputs.append(run.path(DATASET_INDEX))
     record.metrics = {f"{split}_images": len(samples) for split, samples in index.splits.items()}
+    if verified or index.skipped:
+        record.metrics["skipped_images"] = [asdict(entry) for entry in index.skipped]
+    if index.skipped:
+        # One unwrapped line for logs and grep; markup=False: rich would take "[...]" in paths for style tags.
+        console.print(skipped_summary(index.skipped), markup=False, highlight=False, soft_wrap=True)
     console.print(summary_table(index))
 
 

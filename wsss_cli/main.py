@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from enum import Enum
@@ -34,6 +35,13 @@ AmpOption = Annotated[bool, typer.Option(help="Mixed precision: float16 on CUDA,
                                                "bf16, else off.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 WorkersOption = Annotated[int, typer.Option(min=0, help="Worker processes for loading / CPU-bound work.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Run even if the manifest says the outputs are up to date "
+                                                         "(same config, inputs unchanged).")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the training state of the last finished "
+                                                           "epoch (same config needed); the result equals an "
+                                                           "uninterrupted run's.")]
+SyncBnOption = Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global "
+                                                            "batch instead of each process's share.")]
 DEFAULT_RUN = Path("runs/default")
 # Option defaults come from the stage configs, so the CLI and the Python API cannot disagree.
 SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
@@ -44,18 +52,42 @@ def joined(values) -> str:
     return ",".join(str(v) for v in values)
 
 
+def user_message(error: UserError) -> str:
+    """The one-line message. A UserError raised in a DataLoader worker process reaches us re-made with the
+    worker's traceback as its text ("Caught UserError in DataLoader worker process 0. Original Traceback ...");
+    its last line is the original message."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught UserError"):
+        return lines[-1].split("UserError: ", 1)[-1]
+    return str(error)
+
+
+# Write failures that are the machine's state, not a bug: a full disk, a quota, a read-only or forbidden folder.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
 def user_errors(command: Callable) -> Callable:
-    """Report a UserError as one line on stderr with exit status 2, instead of a traceback."""
+    """Report a UserError (or a full disk) as one line on stderr with exit status 2, and Ctrl-C as one line with
+    status 130, instead of a traceback. Artifacts are written atomically, so either way nothing half-written is
+    left under a final name, and finished work (epochs, CAM parts, masks) is kept for the re-run."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            typer.secho(f"error: {user_message(error)}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+        except OSError as error:
+            if error.errno not in DISK_ERRORS:
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            typer.secho(f"error: cannot write{where}: {error.strerror}; finished work is kept, re-run the command "
+                        "once there is room", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.secho("interrupted", err=True)
+            typer.secho("interrupted: finished work is kept; re-run the command (training stages with --resume) "
+                        "to continue", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -151,12 +183,16 @@ def data_voc(
     splits: Annotated[str, typer.Option(help="Split lists to read (ImageSets/Segmentation or SegmentationAug).")]
     = "train_aug,train,val",
     workers: WorkersOption = 8,
+    verify: Annotated[bool, typer.Option(help="Decode every image and mask once, so that a corrupt or mismatched "
+                                              "file stops indexing rather than training.")] = True,
+    skip_bad: Annotated[bool, typer.Option(help="Leave bad images out (listed in dataset.json's `skipped`) instead "
+                                                "of stopping at the first.")] = False,
 ):
     """Index PASCAL VOC 2012 (+ SBD SegmentationClassAug); image labels come from the masks (or XML)."""
     from stages.core.runs import Run
     from stages.prepare_data import data_voc as run_stage
 
-    run_stage(Run(run), root, names(splits), max(workers, 1))
+    run_stage(Run(run), root, names(splits), max(workers, 1), verify=verify, skip_bad=skip_bad)
 
 
 @data_app.command("folder")
@@ -165,12 +201,17 @@ def data_folder(
     root: Annotated[Path, typer.Argument(help="Folder with images/ (or images directly) and labels.csv|json.")],
     run: RunOption = DEFAULT_RUN,
     labels: Annotated[Optional[Path], typer.Option(help="Labels file (default ROOT/labels.csv or .json).")] = None,
+    workers: WorkersOption = 8,
+    verify: Annotated[bool, typer.Option(help="Decode every image and mask once, so that a corrupt or mismatched "
+                                              "file stops indexing rather than training.")] = True,
+    skip_bad: Annotated[bool, typer.Option(help="Leave bad images out (listed in dataset.json's `skipped`) instead "
+                                                "of stopping at the first.")] = False,
 ):
     """Index your own images: a CSV (id,labels[,split]) or JSON labels file; optional masks/ for evaluation."""
     from stages.core.runs import Run
     from stages.prepare_data import data_folder as run_stage
 
-    run_stage(Run(run), root, labels)
+    run_stage(Run(run), root, labels, max(workers, 1), verify=verify, skip_bad=skip_bad)
 
 
 # ----------------------------------------------------------------------------------------------- train-cam
@@ -204,6 +245,9 @@ def train_cam(
                                                               "same as -o local_backbone=NAME.")] = None,
     local_views: Annotated[Optional[int], typer.Option(min=1, help="L2G: local views per image (default 6); same as "
                                                                    "-o local_views=N.")] = None,
+    sync_bn: SyncBnOption = CAM.sync_bn,
+    resume: ResumeOption = False,
+    force: ForceOption = False,
     workers: WorkersOption = CAM.workers,
     device: DeviceOption = "auto",
     amp: AmpOption = True,
@@ -219,12 +263,13 @@ def train_cam(
     method_options.update({key: str(value) for key, value in
                            (("local_backbone", local_backbone), ("local_views", local_views)) if value is not None})
     config = TrainCamConfig(
-        method=method, method_options=method_options, aux=aux, aux_options=key_values(aux_option or [], "--aux-option"), saliency_dir=saliency, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
-        train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, lr=lr,
+        method=method, method_options=method_options, aux=aux, aux_options=key_values(aux_option or [], "--aux-option"),
+        saliency_dir=saliency, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
+        train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, sync_bn=sync_bn, lr=lr,
         head_lr_mult=head_lr_mult, weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
         scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, amp=amp, seed=seed,
     )
-    run_stage(Run(run), config)
+    run_stage(Run(run), config, resume=resume, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- infer-cam
@@ -238,6 +283,9 @@ def infer_cam(
     raw: Annotated[bool, typer.Option(help="For methods that refine their CAMs (SEAM's PCM): write the raw CAMs "
                                            "to RUN/cams/SPLIT-raw.h5 instead.")] = INFER.raw,
     batch_size: Annotated[int, typer.Option(min=1)] = INFER.batch_size,
+    part_size: Annotated[int, typer.Option(min=1, help="Images per part file; a killed run resumes at the first "
+                                                      "missing part.")] = INFER.part_size,
+    force: ForceOption = False,
     workers: WorkersOption = INFER.workers,
     device: DeviceOption = "auto",
     amp: AmpOption = True,
@@ -248,8 +296,8 @@ def infer_cam(
     from stages.infer_cam import infer_cam as run_stage
 
     config = InferCamConfig(split=split, scales=floats(scales, "--scales"), flip=flip, raw=raw, batch_size=batch_size,
-                            workers=workers, device=device, amp=amp, seed=seed)
-    run_stage(Run(run), config)
+                            part_size=part_size, workers=workers, device=device, amp=amp, seed=seed)
+    run_stage(Run(run), config, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- saliency
@@ -294,6 +342,7 @@ def pseudo_label(
                                                     "named REFINE-raw (e.g. pseudo/crf-raw).")] = PSEUDO.raw,
     name: Annotated[str, typer.Option(help="Name of the mask set, pseudo/NAME (default: REFINE, or REFINE-raw), "
                                            "e.g. to keep masks made with other thresholds apart.")] = PSEUDO.name,
+    force: ForceOption = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = PSEUDO.workers,
 ):
     """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
@@ -303,7 +352,7 @@ def pseudo_label(
     run_stage(Run(run), PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
                                           saliency_dir=saliency, saliency_threshold=saliency_threshold,
                                           fg_threshold=fg_threshold, bg_threshold=bg_threshold, raw=raw,
-                                          name=name, workers=workers))
+                                          name=name, workers=workers), force=force)
 
 
 # ----------------------------------------------------------------------------------------------- segment
@@ -348,6 +397,9 @@ def segment(
     test_scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = joined(SEG.test_scales),
     test_flip: Annotated[bool, typer.Option(help="Average with the flipped prediction.")] = SEG.test_flip,
     crf: Annotated[bool, typer.Option(help="Dense CRF post-processing (DeepLab settings).")] = SEG.crf,
+    sync_bn: SyncBnOption = SEG.sync_bn,
+    resume: ResumeOption = False,
+    force: ForceOption = False,
     workers: WorkersOption = SEG.workers,
     device: DeviceOption = "auto",
     amp: AmpOption = True,
@@ -365,12 +417,12 @@ def segment(
         method=method, method_options=key_values(option or []), contrast=contrast,
         contrast_options=key_values(contrast_option or [], "--contrast-option"), saliency_dir=saliency,
         labels=labels.value, pseudo=pseudo, model=model, train_split=train_split, predict_splits=names(predict),
-        epochs=epochs, batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
-        base_size=base_size, crop_size=crop_size, scale_range=pair(scale_range, "--scale-range"),
-        test_scales=floats(test_scales, "--test-scales"), test_flip=test_flip, crf=crf, workers=workers,
-        device=device, amp=amp, seed=seed,
+        epochs=epochs, batch_size=batch_size, sync_bn=sync_bn, lr=lr, head_lr_mult=head_lr_mult,
+        weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
+        scale_range=pair(scale_range, "--scale-range"), test_scales=floats(test_scales, "--test-scales"),
+        test_flip=test_flip, crf=crf, workers=workers, device=device, amp=amp, seed=seed,
     )
-    run_stage(Run(run), config)
+    run_stage(Run(run), config, resume=resume, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -441,3 +493,7 @@ def summary(run: RunOption = DEFAULT_RUN):
 
 def main() -> None:  # pragma: no cover - console script entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # `python -m wsss_cli.main`, e.g. under `torchrun -m`
+    main()

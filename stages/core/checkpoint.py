@@ -37,7 +37,15 @@ def safe_load(path: str | Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusals, truncated zips, wrong formats: all "cannot read"
-        raise UserError(f"cannot read {what} {path}: {error}") from None
+        raise UserError(f"cannot read {what} {path}: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """One line of torch's error: for a refused pickle the line naming what it refused (its message runs over
+    several lines of advice on loading the file unsafely, which we never do)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    refused = [line for line in lines if line.startswith("WeightsUnpickler error:")]
+    return (refused or lines or [type(error).__name__])[0]
 
 
 def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:

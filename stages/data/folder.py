@@ -10,12 +10,12 @@ Images the labels file does not mention are left out.
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from ..core.errors import UserError
-from ..core.io import read_json
 from .index import BACKGROUND, DatasetIndex, Sample, check_sample_id
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -137,7 +137,7 @@ def read_labels_json(path: Path) -> tuple[dict[str, LabelEntry], list[str] | Non
 
     Returns the entries and the declared class names (None when the file declares none).
     """
-    data = read_json(path, "labels file")
+    data = parse_json_without_duplicate_keys(path)
     if not isinstance(data, dict):
         raise UserError(f"labels file {path} must hold a JSON object")
     if isinstance(data.get("images"), dict):
@@ -161,6 +161,24 @@ def read_labels_json(path: Path) -> tuple[dict[str, LabelEntry], list[str] | Non
                             "or an object with 'labels' (a list of class names) and optionally 'split'")
         entries[sample_id] = LabelEntry([name.strip() for name in names if name.strip()], split)
     return entries, declared_classes
+
+
+def parse_json_without_duplicate_keys(path: Path) -> Any:
+    """The JSON in `path`; a key given twice is an error, where `json` would silently keep the last one (an image
+    listed twice would lose its first labels)."""
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in data:
+                raise UserError(f"duplicate key {key!r} in labels file {path}: each image id may appear once")
+            data[key] = value
+        return data
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"labels file {path} is not valid JSON: {error}") from None
 
 
 def check_class_list(classes: Any, path: Path) -> list[str]:

@@ -27,6 +27,15 @@ class Sample:
     labels: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class SkippedSample:
+    """An image `wsss data ... --skip-bad` left out of a split, and why (one line)."""
+
+    id: str
+    split: str
+    reason: str
+
+
 @dataclass
 class DatasetIndex:
     name: str
@@ -34,6 +43,7 @@ class DatasetIndex:
     root: str
     class_names: list[str]  # index 0 is background
     splits: dict[str, list[Sample]] = field(default_factory=dict)
+    skipped: list[SkippedSample] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -67,7 +77,9 @@ class DatasetIndex:
             split: [Sample(s["id"], s["image"], s["mask"], tuple(s["labels"])) for s in samples]
             for split, samples in data["splits"].items()
         }
-        return cls(data["name"], data["format"], data["root"], list(data["class_names"]), splits)
+        # Indexes written before bad images could be skipped have no `skipped` list.
+        skipped = [SkippedSample(s["id"], s["split"], s["reason"]) for s in data.get("skipped", [])]
+        return cls(data["name"], data["format"], data["root"], list(data["class_names"]), splits, skipped)
 
 
 def check_sample_id(sample_id: str) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX, load_mask
 from .index import DatasetIndex, Sample, check_sample_id
+from .verify import Problem, bad_sample_error, one_line, without_problems
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -29,8 +30,12 @@ MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 
 
 def read_voc(root: Path, splits: Sequence[str] = DEFAULT_SPLITS, workers: int = 8,
-             progress: Callable[[int], None] | None = None) -> DatasetIndex:
-    """Index the VOC2012 folder under `root`; `progress(1)` is called once per distinct image read."""
+             progress: Callable[[int], None] | None = None, skip_bad: bool = False) -> DatasetIndex:
+    """Index the VOC2012 folder under `root`; `progress(1)` is called once per distinct image read.
+
+    A mask that cannot be read or holds values outside 0..20 and 255 is an error; with `skip_bad` its image is
+    left out and listed in the index's `skipped` instead.
+    """
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     voc_dir = find_voc_dir(Path(root))
@@ -52,25 +57,40 @@ def read_voc(root: Path, splits: Sequence[str] = DEFAULT_SPLITS, workers: int = 
         if not image_path(voc_dir, sample_id).is_file():
             raise UserError(f"image not found: {image_path(voc_dir, sample_id)}")
 
-    def read_one(sample_id: str) -> Sample:
+    def read_one(sample_id: str) -> tuple[Sample, Problem | None]:
+        """The sample, and the problem of its mask if it has one (its labels are then empty)."""
         mask_path = find_mask(voc_dir, sample_id)
-        labels = labels_from_mask(mask_path) if mask_path else labels_from_annotation(voc_dir, sample_id)
-        return Sample(sample_id, str(image_path(voc_dir, sample_id)), str(mask_path) if mask_path else None, labels)
+        labels, problem = (), None
+        if mask_path is None:
+            labels = labels_from_annotation(voc_dir, sample_id)
+        else:
+            try:
+                labels = labels_from_mask(mask_path)
+            except UserError as error:
+                problem = Problem(sample_id, one_line(error))
+        sample = Sample(sample_id, str(image_path(voc_dir, sample_id)), str(mask_path) if mask_path else None, labels)
+        return sample, problem
 
     samples: dict[str, Sample] = {}
+    problems: list[Problem] = []
     with ThreadPoolExecutor(workers) as pool:
-        for sample in pool.map(read_one, distinct_ids):
+        for sample, problem in pool.map(read_one, distinct_ids):
             samples[sample.id] = sample
+            if problem is not None:
+                problems.append(problem)
             if progress is not None:
                 progress(1)
+    if problems and not skip_bad:
+        raise bad_sample_error(problems[0])
 
-    return DatasetIndex(
+    index = DatasetIndex(
         name="voc2012",
         format="voc",
         root=str(voc_dir),
         class_names=list(VOC_CLASSES),
         splits={split: [samples[sample_id] for sample_id in ids] for split, ids in split_ids.items()},
     )
+    return without_problems(index, problems)
 
 
 def find_voc_dir(root: Path) -> Path:

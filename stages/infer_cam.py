@@ -85,7 +85,7 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
                       + (f", {procs.world_size} processes" if procs.distributed else "")
                       + (f"; {len(finished)} of {len(parts)} parts already done" if finished else ""))
         with progress_bar() as bar:
-            task = bar.add_task("infer-cam", total=sum(len(part) for part in todo), status="")
+            task = bar.add_task("infer-cam", total=sum(len(part) for _, part in todo), status="")
             for path, part in todo:
                 with CamWriter(path, **attributes) as writer:
                     for batch_samples, images in same_size_batches(part, config.batch_size, config.workers):

@@ -24,7 +24,7 @@ from .core.console import console, progress_bar
 from .core.distributed import processes
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, check_plain_name, load_image, load_mask, save_mask, write_json
-from .core.resumable import resumable_directory
+from .core.resumable import finish_directory, resumable_directory
 from .core.runs import Run, comparable, fingerprint
 from .refine import ImageItem, Refinement, RefineInputs, parse_refinements, refinement_names
 from .refine.pcm import check_pcm_checkpoint
@@ -134,6 +134,7 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
         record.metrics = {"images": len(samples), "ignored_fraction": round(ignored / max(labelled, 1), 4)}
         if procs.is_main:
             write_json(f"{out_dir}/info.json", {"config": asdict(config), "source": str(cam_file), **record.metrics})
+        finish_directory(out_dir, procs)
         record.outputs.append(out_dir)
     return record.metrics
 

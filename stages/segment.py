@@ -26,7 +26,7 @@ from .core.device import autocast, memory_format, resolve_device, seed_everythin
 from .core.distributed import Processes, processes, synchronise_batchnorm
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask
-from .core.resumable import resumable_directory
+from .core.resumable import finish_directory, resumable_directory
 from .core.runs import Run, fingerprint
 from .core.training import (OptimConfig, TrainingState, distributed, log_epoch, make_optimizer, train_epochs,
                             training_loader)
@@ -241,7 +241,7 @@ def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, devic
             task = bar.add_task("crf", total=len(crf_jobs), status="")
             for _ in pool.imap_unordered(_crf_and_save, crf_jobs, chunksize=4):
                 bar.update(task, advance=1)
-    procs.barrier()
+    finish_directory(out_dir, procs)
 
 
 def _multi_scale_softmax(model, images: torch.Tensor, config: SegmentConfig, device) -> np.ndarray:

@@ -52,12 +52,18 @@ def training_loader(dataset, batch_size: int, workers: int, device: torch.device
 
 def distributed(trained: nn.Module, device: torch.device, procs: Processes) -> nn.Module:
     """`trained` wrapped in DistributedDataParallel under torchrun (itself otherwise). Its forward must compute
-    the loss terms, so that DDP sees every parameter the step uses. Buffers are not broadcast from rank 0: the
-    memory banks are each process's own (BatchNorm statistics are synchronised with --sync-bn instead)."""
+    the loss terms, so that DDP sees every parameter the step uses; some methods leave parameters out of some
+    steps (warm-ups), hence find_unused_parameters. Buffers are not re-broadcast from rank 0 at every step: each
+    process keeps its BatchNorm statistics (--sync-bn makes them agree) and rank 0's are saved."""
     if not procs.distributed:
         return trained
-    return DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True, broadcast_buffers=False)
+    wrapped = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True, forward_sync_buffers=False)
+    # DDP gave every process rank 0's weights; from here each process needs its own random numbers (dropout,
+    # sampled anchors), or the processes would all drop the same units of their different images.
+    if procs.rank > 0:
+        torch.manual_seed(torch.initial_seed() + procs.rank)
+    return wrapped
 
 
 def make_optimizer(backbone_params, head_params, config: OptimConfig) -> torch.optim.SGD:

@@ -51,6 +51,20 @@ def test_n_processes_share_each_global_batch_of_one_process():
     assert batches(Processes(), 0) != batches(Processes(), 1)  # each epoch its own order, from (seed, epoch) alone
 
 
+class Epochs(Indices):
+    def __getitem__(self, index):
+        return self.epoch
+
+
+def test_loader_workers_see_the_current_epoch():
+    """The augmentation of an image depends on (seed, epoch, index): worker processes must get each epoch's value
+    (persistent workers kept the first epoch's copy of the dataset)."""
+    loader = training_loader(Epochs(), 8, 2, torch.device("cpu"), seed=0, procs=Processes())
+    for epoch in range(3):
+        loader.dataset.epoch = epoch
+        assert {value for batch in loader for value in batch.tolist()} == {epoch}
+
+
 def test_a_batch_that_does_not_split_evenly_is_refused():
     from stages.core.errors import UserError
 

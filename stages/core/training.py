@@ -45,9 +45,10 @@ def training_loader(dataset, batch_size: int, workers: int, device: torch.device
     # The loader draws its workers' base seed from this generator, not from the global one that the methods
     # draw from, so starting a loader on resume does not shift the methods' random numbers.
     generator = torch.Generator().manual_seed(seed)
+    # Workers are not persistent: each epoch's workers get the dataset with that epoch set (its augmentation
+    # depends on it); persistent workers would keep the copy of the first epoch for the whole run.
     return DataLoader(dataset, batch_size=check_batch_split(batch_size, procs), sampler=sampler, drop_last=True,
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-                      generator=generator)
+                      num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 
 
 def distributed(trained: nn.Module, device: torch.device, procs: Processes) -> nn.Module:

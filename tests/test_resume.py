@@ -225,3 +225,52 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(data_run, tmp_path, 
     assert not (run / "cam" / "checkpoint.pt").exists()
     assert not list((run / "cam").glob(".*.tmp"))  # the temporary file is removed too
     assert "train-cam" not in json.loads((run / "manifest.json").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A small run with CRF pseudo masks and saliency maps, for the segmenter methods."""
+    run = tmp_path_factory.mktemp("small") / "run"
+    invoke("data", "synth", "--run", run, "--num-train", 32, "--num-val", 8, "--image-size", 48, "--workers", 1)
+    invoke("train-cam", "--run", run, "--epochs", 1, *TRAINING)
+    invoke("infer-cam", "--run", run, "--scales", "1.0", "--workers", 0, "--device", "cpu")
+    invoke("pseudo-label", "--run", run, "--refine", "crf", "--workers", 1)
+    invoke("saliency", "--run", run, "--workers", 1)
+    return run
+
+
+SEGMENTERS = {
+    "pseudo-crf-memory": ["--contrast", "memory", "--contrast-option", "warmup_epochs=0",
+                          "--contrast-option", "pixel_memory=50", "--contrast-option", "segment_memory=20"],
+    "mcic": ["--method", "mcic", "-o", "rampup_epochs=1", "-o", "memory_size=8"],
+}
+
+
+@pytest.mark.parametrize("tag", SEGMENTERS)
+def test_a_resumed_segmenter_keeps_its_memory_bank_and_heads(small_run, tmp_path, monkeypatch, tag):
+    """Memory contrast and MCIC carry training state beyond the segmenter (memories, heads): a run stopped after
+    its first epoch and resumed must equal an uninterrupted one, which it cannot with an empty memory."""
+    from stages.core.training import TrainingState
+
+    command = ["segment", "--labels", "pseudo", "--pseudo", "crf", "--predict", "", "--epochs", 3,
+               *SEGMENTERS[tag], *TRAINING]
+    uninterrupted, interrupted = copy_run(small_run, tmp_path / "a"), copy_run(small_run, tmp_path / "b")
+    invoke(*command, "--run", uninterrupted)
+
+    save = TrainingState.save
+
+    def save_then_stop(self, epoch, *args):
+        save(self, epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as Ctrl-C right after the first epoch's state is saved
+
+    monkeypatch.setattr(TrainingState, "save", save_then_stop)
+    result = runner.invoke(app, [str(a) for a in (*command, "--run", interrupted)])
+    assert result.exit_code == 130
+    state = torch.load(interrupted / "segment" / tag / "train_state.pt", weights_only=True)
+    memory_key = next(key for key in state["modules"] if key.endswith("_extra_state"))
+    assert state["modules"][memory_key], "the memory bank is in the saved state"
+    monkeypatch.setattr(TrainingState, "save", save)
+    invoke(*command, "--run", interrupted, "--resume")
+    assert state_dicts_equal(interrupted / "segment" / tag / "checkpoint.pt",
+                             uninterrupted / "segment" / tag / "checkpoint.pt")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core.checkpoint import load_checkpoint, load_state, save_checkpoint
+from .core.checkpoint import load_checkpoint, load_state, model_config, save_checkpoint
 from .core.console import console, progress_bar
 from .core.device import autocast, memory_format, resolve_device, seed_everything
 from .core.distributed import Processes, processes, synchronise_batchnorm
@@ -209,8 +209,7 @@ def write_seed_masks(run: Run, method, samples, saliency_dir: str, config: Segme
 
 def load_segmenter(path: Path, num_classes: int) -> DeepLab:
     checkpoint = load_checkpoint(path, "segmenter")
-    model_config = SegModelConfig(**{**checkpoint["config"]["model"], "pretrained": "none"})
-    model = DeepLab(model_config, num_classes)
+    model = DeepLab(model_config(SegModelConfig, checkpoint, path), num_classes)
     load_state(model, checkpoint, path)
     return model
 

@@ -382,6 +382,39 @@ def test_checkpoint_of_another_model_is_refused(run_copy: Path, change, fragment
     assert "infer-cam/train" not in json.loads((run_copy / "manifest.json").read_text())["stages"]
 
 
+def without_model_config(payload: dict) -> None:
+    del payload["config"]["model"]
+
+
+def unknown_model_key(payload: dict) -> None:
+    payload["config"]["model"]["layers"] = 7
+
+
+def state_dict_not_a_dict(payload: dict) -> None:
+    payload["state_dict"] = list(payload["state_dict"].values())
+
+
+def without_class_names(payload: dict) -> None:
+    del payload["class_names"]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (without_model_config, "has no usable model config: KeyError 'model'"),
+    (unknown_model_key, "has no usable model config: TypeError"),
+    (state_dict_not_a_dict, "is incomplete: its 'state_dict' is missing or of the wrong type"),
+    (without_class_names, "is incomplete: its 'class_names' is missing or of the wrong type"),
+])
+def test_an_incomplete_checkpoint_is_refused(run_copy: Path, change, fragment: str):
+    """A hand-edited checkpoint is a one-line error, not a KeyError or TypeError traceback."""
+    checkpoint = run_copy / "cam" / "checkpoint.pt"
+    payload = torch.load(checkpoint, weights_only=True)
+    change(payload)
+    torch.save(payload, checkpoint)
+    result = invoke("infer-cam", "--run", run_copy, "--device", "cpu", "--workers", 0, "--scales", "1.0")
+    assert_one_line_error(result, fragment)
+    assert not (run_copy / "cams").exists()
+
+
 class WritesAMarker:
     """Unpickling this calls open(marker, "w"): code run by merely loading a file."""
 
@@ -433,6 +466,14 @@ def hdf5_of_another_schema(path: Path) -> None:
         file.create_dataset("features", data=np.zeros((2, 3)))
 
 
+def cam_file_without_attributes(path: Path) -> None:
+    """The right schema and version, but none of the attributes a CAM file carries (class names, scales...)."""
+    with h5py.File(path, "w") as file:
+        file.attrs["schema"] = "wsss.cams"
+        file.attrs["schema_version"] = 1
+        file.create_group("cams")
+
+
 def not_hdf5(path: Path) -> None:
     path.write_bytes(b"PK\x03\x04 a zip file")
 
@@ -441,6 +482,7 @@ def not_hdf5(path: Path) -> None:
     (cam_file_of_version_2, "is not a wsss CAM file of schema version 1"),
     (hdf5_of_another_schema, "is not a wsss CAM file of schema version 1"),
     (not_hdf5, "cannot read CAM file"),
+    (cam_file_without_attributes, "is an incomplete wsss CAM file: KeyError"),
 ])
 @pytest.mark.parametrize("command, output", [
     (("pseudo-label", "--refine", "none", "--workers", 1), "pseudo"),

@@ -104,11 +104,17 @@ class CamReader:
         if attrs.get("schema") != CAM_SCHEMA or attrs.get("schema_version") != CAM_SCHEMA_VERSION:
             self._file.close()
             raise UserError(f"{self.path} is not a wsss CAM file of schema version {CAM_SCHEMA_VERSION}")
-        self.class_names: list[str] = json.loads(attrs["class_names"])
-        self.split: str = str(attrs["split"])
-        self.scales: list[float] = json.loads(attrs["scales"])
-        self.config: dict[str, Any] = json.loads(attrs["config"])
-        self.kind: str = str(attrs["kind"])
+        try:
+            self.class_names: list[str] = json.loads(attrs["class_names"])
+            self.split: str = str(attrs["split"])
+            self.scales: list[float] = json.loads(attrs["scales"])
+            self.config: dict[str, Any] = json.loads(attrs["config"])
+            self.kind: str = str(attrs["kind"])
+            if "cams" not in self._file:
+                raise KeyError("cams")
+        except (KeyError, ValueError) as error:  # ValueError: an attribute that is not the JSON it should be
+            self._file.close()
+            raise UserError(f"{self.path} is an incomplete wsss CAM file: {type(error).__name__} {error}") from None
 
     def ids(self) -> list[str]:
         return list(self._file["cams"].keys())

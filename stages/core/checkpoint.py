@@ -55,7 +55,20 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
         raise UserError(f"{path} is not a wsss checkpoint of version {CHECKPOINT_VERSION}")
     if payload.get("kind") != kind:
         raise UserError(f"{path} is a {payload.get('kind')} checkpoint, expected a {kind} checkpoint")
+    expected = {"config": dict, "class_names": list, "state_dict": dict}
+    broken = [key for key, kind_of in expected.items() if not isinstance(payload.get(key), kind_of)]
+    if broken:
+        raise UserError(f"checkpoint {path} is incomplete: its {broken[0]!r} is missing or of the wrong type")
     return payload
+
+
+def model_config(config_class, payload: dict[str, Any], path: str | Path):
+    """The model config a loaded checkpoint was trained with; no pretrained weights are fetched, since the
+    checkpoint's own weights replace them."""
+    try:
+        return config_class(**{**payload["config"]["model"], "pretrained": "none"})
+    except (KeyError, TypeError) as error:
+        raise UserError(f"checkpoint {path} has no usable model config: {type(error).__name__} {error}") from None
 
 
 def load_state(model: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:

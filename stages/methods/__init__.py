@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from ..core.checkpoint import load_state
+from ..core.checkpoint import load_state, model_config
 from ..core.errors import UserError
 from .baseline import BaselineCam, CamModelConfig
 from .l2g import L2GCam
@@ -103,7 +103,7 @@ def cam_model_from_checkpoint(payload: dict[str, Any], path) -> nn.Module:
     """The trained CAM model of a loaded `train-cam` checkpoint payload, in eval mode on the CPU (the weights
     come from the checkpoint, so no pretrained backbone is fetched)."""
     config = payload["config"]
-    model = build_cam_model(config["method"], CamModelConfig(**{**config["model"], "pretrained": "none"}),
+    model = build_cam_model(config.get("method", ""), model_config(CamModelConfig, payload, path),
                             len(payload["class_names"]) - 1, config.get("method_options"))
     load_state(model, payload, path)
     return model.eval()

@@ -14,7 +14,7 @@ import typer
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
 from stages.infer_cam import InferCamConfig
-from stages.methods import AUX_LOSSES, CAM_METHODS, SEGMENT_CONTRASTS, SEGMENT_METHODS
+from stages.methods import AUX_LOSSES, CAM_METHODS, SEGMENT_CONTRASTS
 from stages.pseudo_label import PseudoLabelConfig
 from stages.saliency import SaliencyConfig
 from stages.segment import SegmentConfig

@@ -57,13 +57,13 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
     checkpoint_path = run.require(CHECKPOINT, "run `wsss train-cam` first")
     key = f"infer-cam/{config.split}{'-raw' if config.raw else ''}"
     inputs = [run.path("dataset.json"), checkpoint_path]
+    procs = processes()
     done = run.up_to_date(key, asdict(config), inputs, force)
     if done is not None:
         return done
     checkpoint = load_checkpoint(checkpoint_path, "cam")
     if checkpoint["class_names"] != dataset.class_names:
         raise UserError(f"{checkpoint_path} was trained on other classes than this run's dataset")
-    procs = processes()
     device = resolve_device(config.device)
     seed_everything(config.seed)
     model = cam_model_from_checkpoint(checkpoint, checkpoint_path).to(device, memory_format=memory_format(device))

@@ -103,10 +103,10 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
     key = f"pseudo-label/{config.mask_set}"
     inputs = ([run.path("dataset.json"), cam_file] + ([refine_inputs.checkpoint] if "pcm" in names else [])
               + ([refine_inputs.saliency_dir] if "saliency" in names else []))
+    procs = processes()
     done = run.up_to_date(key, asdict(config), inputs, force)
     if done is not None:
         return done
-    procs = processes()
     finished = resumable_directory(out_dir, {**comparable(asdict(config)),
                                              "inputs": [fingerprint(p) for p in inputs]}, procs)
     mine = procs.shard(samples)

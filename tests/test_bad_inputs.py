@@ -441,11 +441,16 @@ def test_checkpoint_holding_pickled_code_is_refused_in_one_line(pickled_code_run
                           "cannot read checkpoint")
 
 
-def cam_file_of_version_2(path: Path) -> None:
+def bare_cam_file(path: Path, version: int) -> None:
+    """A CAM file's schema name and `version`, and none of the attributes a CAM file carries."""
     with h5py.File(path, "w") as file:
         file.attrs["schema"] = "wsss.cams"
-        file.attrs["schema_version"] = 2
+        file.attrs["schema_version"] = version
         file.create_group("cams")
+
+
+def cam_file_of_version_2(path: Path) -> None:
+    bare_cam_file(path, version=2)
 
 
 def hdf5_of_another_schema(path: Path) -> None:
@@ -455,11 +460,8 @@ def hdf5_of_another_schema(path: Path) -> None:
 
 
 def cam_file_without_attributes(path: Path) -> None:
-    """The right schema and version, but none of the attributes a CAM file carries (class names, scales...)."""
-    with h5py.File(path, "w") as file:
-        file.attrs["schema"] = "wsss.cams"
-        file.attrs["schema_version"] = 1
-        file.create_group("cams")
+    """The right schema and version, but no class names, scales or config."""
+    bare_cam_file(path, version=1)
 
 
 def not_hdf5(path: Path) -> None:

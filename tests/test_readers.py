@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from stages.core.errors import UserError
@@ -341,3 +342,23 @@ def test_split_dataset_marks_images_without_a_saliency_map(tmp_path):
     first, second = dataset[0], dataset[1]
     assert first["has_saliency"] and abs(float(first["saliency"].mean()) - 0.6) < 0.01
     assert not second["has_saliency"] and float(second["saliency"].abs().sum()) == 0
+
+
+def test_same_size_batches_groups_mixed_sizes_without_padding(tmp_path):
+    """VOC-like mixed sizes: every batch holds one size, every image comes once and exactly as loaded alone."""
+    from stages.data.index import Sample
+    from stages.data.loading import normalize, same_size_batches
+
+    rng = np.random.default_rng(0)
+    sizes = [(12, 10), (10, 12), (12, 10), (12, 10), (10, 12), (8, 8), (12, 10)]  # (width, height)
+    samples = []
+    for index, (width, height) in enumerate(sizes):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(str(index), str(path), None, (1,)))
+    batches = list(same_size_batches(samples, batch_size=3, workers=0))
+    assert sorted(s.id for batch, _ in batches for s in batch) == [s.id for s in samples]
+    assert [len(batch) for batch, _ in batches] == [1, 2, 3, 1]  # 8x8; 10x12 twice; 12x10 four times, by 3
+    for batch, images in batches:
+        for sample, image in zip(batch, images):
+            assert torch.equal(image, normalize(np.asarray(Image.open(sample.image).convert("RGB"))))

@@ -161,10 +161,12 @@ class _Images(Dataset):
 
 
 def same_size_batches(samples: list[Sample], batch_size: int, workers: int):
-    """Yield (samples, (N, 3, H, W) images) for inference, grouping consecutive images of one size.
+    """Yield (samples, (N, 3, H, W) images) for inference, batching images of one size.
 
-    Synthetic images all share a size, so they batch fully; VOC images mostly differ and go one by one.
+    The images are taken in order of size (read from the headers), so a dataset of mixed sizes such as VOC, where
+    most images are 500x375 or 375x500, still batches: no padding, so each image's result is what it would be alone.
     """
+    samples = sorted(samples, key=_image_size)  # stable: the index order within a size
     loader = DataLoader(_Images(samples), batch_size=None, num_workers=workers)
     pending_samples, pending_images = [], []
     for sample, image in zip(samples, loader):
@@ -175,3 +177,11 @@ def same_size_batches(samples: list[Sample], batch_size: int, workers: int):
         pending_images.append(image)
     if pending_images:
         yield pending_samples, torch.stack(pending_images)
+
+
+def _image_size(sample: Sample) -> tuple[int, int]:
+    try:
+        with Image.open(sample.image) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError) as error:
+        raise UserError(f"cannot read image of {sample.id!r}: {error}") from None

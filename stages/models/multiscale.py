@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..core.device import autocast, memory_format
+from ..core.device import autocast, forward_pixel_budget, memory_format
 
 
 @torch.inference_mode()
@@ -16,20 +16,30 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
                     per_view: Callable[[torch.Tensor], torch.Tensor] = lambda maps: maps) -> torch.Tensor:
     """Sum over `scales` (and horizontal flips) of `per_view(forward(view))`, each resized to the input size.
 
-    (N, 3, H, W) images → (N, K, H, W) float32. An image and its flip go through the network as one batch and
-    the flip is undone before summing; `per_view` (e.g. softmax) acts on each view's resized output.
+    (N, 3, H, W) images → (N, K, H, W) float32. The views of one scale (the images, then their flips) go through
+    the network in chunks of at most `forward_pixel_budget(device)` pixels, and each flip is undone before it is
+    added to its image's maps; `per_view` (e.g. softmax) acts on each view's resized output. An image's result does
+    not depend on the batch it came in (up to the kernels' float rounding).
     """
     height, width = images.shape[-2:]
     count = images.shape[0]
+    budget = forward_pixel_budget(device)
     total = None
     for scale in scales:
         scaled = images if scale == 1.0 else F.interpolate(
             images, size=(round(height * scale), round(width * scale)), mode="bilinear", align_corners=False)
-        batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-        with autocast(device, amp):
-            maps = forward(batch.contiguous(memory_format=memory_format(device))).float()
-        maps = per_view(F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False))
-        if flip:
-            maps = maps[:count] + maps[count:].flip(-1)
-        total = maps if total is None else total + maps
+        views = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
+        per_forward = len(views) if budget is None else max(1, budget // (scaled.shape[-2] * scaled.shape[-1]))
+        scale_sum = None
+        for start in range(0, len(views), per_forward):
+            with autocast(device, amp):
+                maps = forward(views[start:start + per_forward].contiguous(memory_format=memory_format(device)))
+            maps = per_view(F.interpolate(maps.float(), size=(height, width), mode="bilinear", align_corners=False))
+            if scale_sum is None:
+                scale_sum = torch.zeros(count, *maps.shape[1:], device=maps.device)
+            index = torch.arange(start, start + len(maps), device=maps.device)
+            flipped = index >= count
+            scale_sum.index_add_(0, index[~flipped], maps[~flipped])
+            scale_sum.index_add_(0, index[flipped] - count, maps[flipped].flip(-1))
+        total = scale_sum if total is None else total + scale_sum
     return total

@@ -24,12 +24,24 @@ class CrfParams:
     gt_prob: float = 0.7
 
 
-def crf_from_labels(image: np.ndarray, labels: np.ndarray, num_labels: int, params: CrfParams = CrfParams()) -> np.ndarray:
-    """Refine a (H, W) label map of values in [0, num_labels) with a dense CRF on the RGB image."""
-    height, width = labels.shape
+def crf_with_kernels(image: np.ndarray, num_labels: int, params: CrfParams = CrfParams()) -> dcrf.DenseCRF2D:
+    """A dense CRF over the RGB image with its pairwise kernels set. Building the bilateral kernel's lattice is
+    about half the cost of a CRF, so a caller refining several label maps of one image sets each map's unary on
+    one such CRF (inference starts from the unary alone, so the labels are the same as with a fresh CRF)."""
+    height, width = image.shape[:2]
     crf = dcrf.DenseCRF2D(width, height, num_labels)
-    crf.setUnaryEnergy(unary_from_labels(labels, num_labels, gt_prob=params.gt_prob, zero_unsure=False))
     _add_pairwise(crf, image, params)
+    return crf
+
+
+def crf_from_labels(image: np.ndarray, labels: np.ndarray, num_labels: int, params: CrfParams = CrfParams(),
+                    crf: dcrf.DenseCRF2D | None = None) -> np.ndarray:
+    """Refine a (H, W) label map of values in [0, num_labels) with a dense CRF on the RGB image (or on `crf`, the
+    image's `crf_with_kernels`)."""
+    height, width = labels.shape
+    if crf is None:
+        crf = crf_with_kernels(image, num_labels, params)
+    crf.setUnaryEnergy(unary_from_labels(labels, num_labels, gt_prob=params.gt_prob, zero_unsure=False))
     return _map_labels(crf, params.iterations, num_labels, height, width)
 
 
@@ -63,4 +75,5 @@ class DenseCrf(Refinement):
     def refine_labels(self, item: ImageItem, labels: np.ndarray, num_labels: int) -> np.ndarray:
         if num_labels < 2:
             return labels
-        return crf_from_labels(item.image, labels, num_labels, self.params)
+        kernels = item.once(f"crf-{num_labels}", lambda: crf_with_kernels(item.image, num_labels, self.params))
+        return crf_from_labels(item.image, labels, num_labels, self.params, kernels)

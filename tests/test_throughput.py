@@ -1,0 +1,88 @@
+"""What the throughput work (issue 8) changed must not change results: inference forwards in chunks of a pixel
+budget, CRF prediction streamed through worker processes, and the dense CRF reusing one image's pairwise kernels
+for both pseudo-label thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+import pytest
+import torch.nn.functional as F
+
+import stages.models.multiscale as multiscale
+from stages.core.distributed import processes
+from stages.core.io import load_image, load_mask
+from stages.data.index import Sample
+from stages.data.loading import normalize
+from stages.models.deeplab import DeepLab, SegModelConfig
+from stages.refine import ImageItem
+from stages.refine.crf import CrfParams, DenseCrf, crf_from_labels, crf_from_probabilities
+from stages.segment import POSTPROCESS_CRF, SegmentConfig, _multi_scale_softmax, predict
+
+
+def _images(tmp_path, count: int, size: int = 32) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(count):
+        image = np.full((size, size, 3), 40, np.uint8)
+        image[rng.integers(0, size // 2):, rng.integers(0, size // 2):] = rng.integers(0, 256, 3)
+        Image.fromarray(image).save(tmp_path / f"{index}.png")
+        samples.append(Sample(f"img{index}", str(tmp_path / f"{index}.png"), None, (1,)))
+    return samples
+
+
+@pytest.mark.parametrize("budget", [None, 1, 3 * 8 * 8, 10**6])
+@pytest.mark.parametrize("per_view", [None, lambda logits: F.softmax(logits, dim=1)])
+def test_multi_scale_sum_of_a_batch_in_chunks_is_each_images_own_sum(monkeypatch, budget, per_view):
+    """Whatever the chunking (one view per forward, a few, all), each image gets the sum over scales of its view's
+    and its flipped view's resized maps, computed here one image and one view at a time."""
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    images = torch.randn(5, 3, 12, 16)
+    scales = (1.0, 0.5, 1.5)
+    monkeypatch.setattr(multiscale, "forward_pixel_budget", lambda device: budget)
+    extra = {} if per_view is None else {"per_view": per_view}
+    total = multiscale.multi_scale_sum(network, images, scales, True, torch.device("cpu"), False, **extra)
+    per_view = per_view or (lambda maps: maps)
+    for image, result in zip(images, total):
+        expected = 0
+        for scale in scales:
+            view = F.interpolate(image[None], size=(round(12 * scale), round(16 * scale)), mode="bilinear",
+                                 align_corners=False)
+            for flipped in (False, True):
+                maps = network(view.flip(-1) if flipped else view)
+                maps = per_view(F.interpolate(maps, size=(12, 16), mode="bilinear", align_corners=False))
+                expected = expected + (maps.flip(-1) if flipped else maps)
+        torch.testing.assert_close(result, expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
+    """More images than may wait for the CRF at once (4 x workers + batch): each mask is the CRF of its own image's
+    probabilities, none lost or swapped."""
+    torch.manual_seed(0)
+    model = DeepLab(SegModelConfig(), num_classes=3).eval()
+    samples = _images(tmp_path, 13)
+    config = SegmentConfig(batch_size=2, workers=1, crf=True, device="cpu", amp=False)
+    out_dir = tmp_path / "masks"
+    out_dir.mkdir()
+    predict(model, samples, out_dir, config, torch.device("cpu"), processes(), tmp_path / "0.png")
+    for sample in samples:
+        image = load_image(sample.image)
+        probabilities = _multi_scale_softmax(model, normalize(image)[None], config, torch.device("cpu"))[0]
+        expected = crf_from_probabilities(image, probabilities, POSTPROCESS_CRF)
+        assert np.array_equal(load_mask(out_dir / f"{sample.id}.png"), expected), sample.id
+
+
+def test_crf_reuses_an_images_kernels_only_for_that_image():
+    """Two label maps of one image, then another image: the same labels as a fresh CRF for each call."""
+    rng = np.random.default_rng(1)
+    crf = DenseCrf(CrfParams())
+    items = {name: ImageItem(name, rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)) for name in "ab"}
+    for name, num_labels in [("a", 3), ("a", 3), ("b", 3), ("b", 2), ("b", 3)]:
+        labels = (rng.random((24, 20)) * num_labels).astype(np.int64)
+        labels[:12] = 0  # a structured part, so the CRF has something to smooth
+        expected = crf_from_labels(items[name].image, labels, num_labels)
+        assert np.array_equal(crf.refine_labels(items[name], labels, num_labels), expected)
+    assert len(items["a"].computed) == 1 and len(items["b"].computed) == 2  # one CRF per image and label count

@@ -12,7 +12,9 @@ predicts its share of the images.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -223,23 +225,28 @@ def predict(model: DeepLab, samples, out_dir: Path, config: SegmentConfig, devic
                 "test_flip": config.test_flip, "crf": config.crf}
     finished = resumable_directory(out_dir, identity, procs)
     todo = [s for s in procs.shard(samples) if f"{s.id}.png" not in finished]
-    crf_jobs = []
-    with progress_bar() as bar:
-        task = bar.add_task(f"predict {out_dir.name}", total=len(todo), status="")
+    # The CRF runs in worker processes while the network predicts the next images; at most `max_pending` images'
+    # probabilities wait in memory (a VOC image's are 16 MB, so holding a whole split's is not an option).
+    crf_pool = multiprocessing.get_context("fork").Pool(max(config.workers, 1)) if config.crf else None
+    max_pending = 4 * max(config.workers, 1) + config.batch_size
+    pending: deque = deque()
+    with progress_bar() as bar, crf_pool or contextlib.nullcontext():
+        task = bar.add_task(f"predict {out_dir.name}" + (" + crf" if config.crf else ""), total=len(todo), status="")
         for batch_samples, images in same_size_batches(todo, config.batch_size, config.workers):
             probabilities = _multi_scale_softmax(model, images.to(device), config, device)
             for sample, probs in zip(batch_samples, probabilities):
                 path = out_dir / f"{sample.id}.png"
-                if config.crf:
-                    crf_jobs.append((sample.image, probs, path))
-                else:
+                if crf_pool is None:
                     save_mask(path, probs.argmax(axis=0).astype(np.uint8))
-            bar.update(task, advance=len(batch_samples))
-    if crf_jobs:
-        with multiprocessing.get_context("fork").Pool(max(config.workers, 1)) as pool, progress_bar() as bar:
-            task = bar.add_task("crf", total=len(crf_jobs), status="")
-            for _ in pool.imap_unordered(_crf_and_save, crf_jobs, chunksize=4):
+                    bar.update(task, advance=1)
+                else:
+                    pending.append(crf_pool.apply_async(_crf_and_save, ((sample.image, probs, path),)))
+            while len(pending) > max_pending or (pending and pending[0].ready()):
+                pending.popleft().get()
                 bar.update(task, advance=1)
+        while pending:
+            pending.popleft().get()
+            bar.update(task, advance=1)
     finish_directory(out_dir, procs)
 
 

@@ -28,18 +28,22 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
     for scale in scales:
         scaled = images if scale == 1.0 else F.interpolate(
             images, size=(round(height * scale), round(width * scale)), mode="bilinear", align_corners=False)
-        views = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-        per_forward = len(views) if budget is None else max(1, budget // (scaled.shape[-2] * scaled.shape[-1]))
+        views = len(scaled) * (2 if flip else 1)  # the images, then their flips
+        per_forward = views if budget is None else max(1, budget // (scaled.shape[-2] * scaled.shape[-1]))
         scale_sum = None
-        for start in range(0, len(views), per_forward):
+        for start in range(0, views, per_forward):
+            end = min(start + per_forward, views)
+            originals = scaled[start:min(end, count)]  # the chunk's unflipped views, then its flipped ones
+            flipped = scaled[max(start, count) - count:max(end, count) - count].flip(-1)
+            chunk = torch.cat([originals, flipped]) if len(originals) and len(flipped) else (
+                originals if len(originals) else flipped)
             with autocast(device, amp):
-                maps = forward(views[start:start + per_forward].contiguous(memory_format=memory_format(device)))
+                maps = forward(chunk.contiguous(memory_format=memory_format(device)))
             maps = per_view(F.interpolate(maps.float(), size=(height, width), mode="bilinear", align_corners=False))
             if scale_sum is None:
                 scale_sum = torch.zeros(count, *maps.shape[1:], device=maps.device)
-            index = torch.arange(start, start + len(maps), device=maps.device)
-            flipped = index >= count
-            scale_sum.index_add_(0, index[~flipped], maps[~flipped])
-            scale_sum.index_add_(0, index[flipped] - count, maps[flipped].flip(-1))
+            scale_sum[start:start + len(originals)] += maps[:len(originals)]
+            first_flip = max(start, count) - count
+            scale_sum[first_flip:first_flip + len(flipped)] += maps[len(originals):].flip(-1)
         total = scale_sum if total is None else total + scale_sum
     return total

@@ -108,8 +108,9 @@ def test_imagenet_weights_load_when_available_and_fail_clearly_offline(monkeypat
 
     from stages.models import backbone as backbone_module
 
-    weights = backbone_module.ARCHITECTURES["resnet18"][2].DEFAULT
-    reference = backbone_module.resnet.resnet18()
+    resnet = backbone_module.torchvision().models.resnet
+    weights = resnet.ResNet18_Weights.DEFAULT
+    reference = resnet.resnet18()
     monkeypatch.setattr(type(weights), "get_state_dict", lambda self, progress=False: reference.state_dict())
     loaded = Backbone("resnet18", 16, pretrained="imagenet")
     assert torch.equal(loaded.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)

@@ -7,10 +7,14 @@ that happens we define the two operator schemas without any kernel and import ag
 models, transforms and `ops.roi_align` work as usual (roi_align then takes torchvision's pure-PyTorch path,
 which it compiles with torch.compile on first use: about 20 s once per process on this CPU). On a matching
 CUDA or CPU install the first import succeeds and this shim does nothing.
+
+Imported on first use, not with wsss: torchvision's import (all its models, datasets and transforms) takes about
+2 s, which every `wsss` command not building a network (evaluate, pseudo-label, report...) would otherwise pay.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -22,7 +26,9 @@ _MISSING_OPS = (
 _schemas = None  # keeps the Library object (and so the schemas) alive
 
 
-def _import():
+@functools.cache
+def torchvision():
+    """The torchvision module."""
     global _schemas
     try:
         import torchvision
@@ -36,6 +42,3 @@ def _import():
             _schemas.define(schema)
         import torchvision
     return torchvision
-
-
-torchvision = _import()

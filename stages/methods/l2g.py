@@ -129,8 +129,8 @@ def crop_views(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 def align_global_map(global_map: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int],
                      output_stride: int) -> torch.Tensor:
     """The global class map under each view's box, resampled to the local map's size (RoIAlign, aligned)."""
-    return torchvision.ops.roi_align(global_map, boxes.to(global_map), size, spatial_scale=1.0 / output_stride,
-                                     aligned=True)
+    return torchvision().ops.roi_align(global_map, boxes.to(global_map), size, spatial_scale=1.0 / output_stride,
+                                       aligned=True)
 
 
 @torch.no_grad()

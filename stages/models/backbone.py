@@ -13,15 +13,13 @@ from ..core.checkpoint import safe_load
 from ..core.errors import UserError
 from ..core.tv import torchvision
 
-resnet = torchvision.models.resnet
-
 ARCHITECTURES = {
-    # name: (block, layers per stage, torchvision weights enum or None)
-    "resnet10": (resnet.BasicBlock, [1, 1, 1, 1], None),
-    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2], resnet.ResNet18_Weights),
-    "resnet34": (resnet.BasicBlock, [3, 4, 6, 3], resnet.ResNet34_Weights),
-    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3], resnet.ResNet50_Weights),
-    "resnet101": (resnet.Bottleneck, [3, 4, 23, 3], resnet.ResNet101_Weights),
+    # name: (block, layers per stage, torchvision weights enum or None), names in torchvision.models.resnet
+    "resnet10": ("BasicBlock", [1, 1, 1, 1], None),
+    "resnet18": ("BasicBlock", [2, 2, 2, 2], "ResNet18_Weights"),
+    "resnet34": ("BasicBlock", [3, 4, 6, 3], "ResNet34_Weights"),
+    "resnet50": ("Bottleneck", [3, 4, 6, 3], "ResNet50_Weights"),
+    "resnet101": ("Bottleneck", [3, 4, 23, 3], "ResNet101_Weights"),
 }
 
 # Stages (layer3, layer4) whose stride is replaced by dilation to reach each output stride.
@@ -37,7 +35,9 @@ class Backbone(nn.Module):
             raise UserError(f"unknown backbone {name!r} (choose from {', '.join(ARCHITECTURES)})")
         if output_stride not in _DILATED_STAGES:
             raise UserError(f"output stride must be 8, 16 or 32, got {output_stride}")
-        block, layers, _ = ARCHITECTURES[name]
+        resnet = torchvision().models.resnet
+        block_name, layers, _ = ARCHITECTURES[name]
+        block = getattr(resnet, block_name)
         net = resnet.ResNet(block, layers)
         load_pretrained(net, name, pretrained)
         dilation = 1
@@ -76,11 +76,11 @@ def load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
     if pretrained == "none":
         return
     if pretrained == "imagenet":
-        weights_enum = ARCHITECTURES[name][2]
-        if weights_enum is None:
+        weights_name = ARCHITECTURES[name][2]
+        if weights_name is None:
             raise UserError(f"{name} has no ImageNet weights in torchvision; use --pretrained none or a file")
         try:
-            state = weights_enum.DEFAULT.get_state_dict(progress=False)
+            state = getattr(torchvision().models.resnet, weights_name).DEFAULT.get_state_dict(progress=False)
         except Exception as error:  # urllib errors differ by platform; all mean "could not get the weights"
             raise UserError(
                 f"cannot load ImageNet weights for {name} ({type(error).__name__}: {error}); offline, put the "

@@ -3,7 +3,9 @@
 Input: `cam/checkpoint.pt` and the dataset index. Output: `cams/<split>.h5` (see `core.camstore`).
 As in IRN's make_cam: for each scale the image and its flip go through the network, the maps are upsampled
 to the image size and summed over scales and flips, then each labelled class is divided by its maximum.
-Images of equal size are batched together, which is where the speed comes from on the synthetic set.
+Images of equal size are batched together (in order of size, so VOC's mixed sizes batch too), and each scale's
+views go through the network in cache-sized chunks (`core.device.forward_pixel_budget`); benchmarks/infer_cam.py
+measures this against the one-image-at-a-time way of the IRN/SEAM code.
 The CAMs are written as parts of `part_size` images (`cams/.<split>.h5.parts/`), each renamed into place when
 complete, then merged: a killed run resumes at the first missing part. Under torchrun the processes take every
 N-th part and the main process merges.

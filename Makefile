@@ -8,7 +8,7 @@ WSSS := $(BIN)/wsss
 RUN ?= runs/default
 SEED ?= 0
 
-.PHONY: all venv test bench clean
+.PHONY: all venv test bench bench-throughput clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ test: $(STAMP)
 # Runs `make all` into runs/bench and writes benchmarks/results/pipeline.json and the README table.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py --run runs/bench
+
+# Throughput (README "Throughput"): CAM inference and dense CRF against the reference way, inference options, CAM
+# storage, and how each stage of `make all` scales with the number of images. All but the last use runs/bench.
+bench-throughput: $(STAMP)
+	test -f runs/bench/cams/train.h5 || $(MAKE) bench
+	$(BIN)/python benchmarks/infer_cam.py --run runs/bench
+	$(BIN)/python benchmarks/inference_options.py --run runs/bench
+	$(BIN)/python benchmarks/crf.py --run runs/bench
+	$(BIN)/python benchmarks/storage.py --cams runs/bench/cams/train.h5
+	$(BIN)/python benchmarks/scaling.py --sizes 500,1000,2000
 
 clean:
 	rm -rf runs

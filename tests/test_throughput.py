@@ -86,3 +86,18 @@ def test_crf_reuses_an_images_kernels_only_for_that_image():
         expected = crf_from_labels(items[name].image, labels, num_labels)
         assert np.array_equal(crf.refine_labels(items[name], labels, num_labels), expected)
     assert len(items["a"].computed) == 1 and len(items["b"].computed) == 2  # one CRF per image and label count
+
+
+def test_scaling_benchmark_flags_a_stage_whose_cost_per_image_grows():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from scaling import fit
+
+    linear = fit([500, 1000, 2000], [60.0, 110.0, 210.0])  # 10 s + 0.1 s per image
+    assert linear["slows_down"] is False and linear["per_image_ratio_largest_to_smallest"] == 1.0
+    assert abs(linear["marginal_seconds_per_image"] - 0.1) < 1e-9 and abs(linear["fixed_seconds"] - 10) < 1e-6
+    growing = fit([500, 1000, 2000], [60.0, 110.0, 260.0])  # the last 1000 images cost 0.15 s each, not 0.1
+    assert growing["slows_down"] is True and growing["per_image_ratio_largest_to_smallest"] == 1.25
+    assert fit([500, 1000, 2000], [4.0, 4.2, 4.1])["slows_down"] is None  # start-up and noise: no verdict

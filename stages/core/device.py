@@ -47,8 +47,8 @@ def memory_format(device: torch.device) -> torch.memory_format:
 def forward_pixel_budget(device: torch.device) -> int | None:
     """At most this many pixels per inference forward (None: the whole batch at once). On CPUs the network runs
     fastest with a few hundred thousand pixels per forward, whose activations stay in the caches: 8 VOC-sized
-    images' views at once ran 1.5x (float32) to 1.7x (bfloat16) slower (benchmarks/infer_cam.py). GPUs want the
-    whole batch."""
+    images' views at once ran 1.6x (float32) to 1.7x (bfloat16) slower (benchmarks/inference_options.py).
+    GPUs want the whole batch."""
     return None if device.type == "cuda" else 2**18
 
 

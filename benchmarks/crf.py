@@ -21,7 +21,6 @@ import platform
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from stages.core.io import load_image, load_mask  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
 from stages.pseudo_label import PseudoLabelConfig, pseudo_label, pseudo_mask_dir  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from step_timing import interleaved_runs  # noqa: E402
 from subset_run import subset_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "crf.json"
@@ -66,18 +66,14 @@ def main() -> None:
         variants = {"serial pydensecrf loop (IRN way)": lambda: serial_loop(bench, samples, work / "serial")}
         variants |= {f"wsss pseudo-label, {w} worker{'s' * (w > 1)}": (lambda w=w: ours(bench, w))
                      for w in worker_counts}
-        seconds: dict[str, list[float]] = {variant: [] for variant in variants}
-        for round_index in range(args.rounds):  # interleaved, so machine noise falls on all alike
-            for variant, label in variants.items():
-                started = time.perf_counter()
-                masks = label()
-                seconds[variant].append(time.perf_counter() - started)
-                print(f"{name} round {round_index + 1}: {variant} {seconds[variant][-1]:.1f} s", file=sys.stderr)
-                if variant.startswith("serial"):
-                    reference = masks
-                else:
-                    differing = differing_pixels(samples, reference, masks)
-                    assert differing == 0, f"{variant}: {differing} pixels differ from the serial loop"
+
+        def same_labels(round_index: int, outputs: dict[str, Path]) -> None:
+            reference = outputs.pop("serial pydensecrf loop (IRN way)")
+            for variant, masks in outputs.items():
+                differing = differing_pixels(samples, reference, masks)
+                assert differing == 0, f"{variant}: {differing} pixels differ from the serial loop"
+
+        seconds = interleaved_runs(variants, args.rounds, name, same_labels)
         serial = statistics.median(seconds["serial pydensecrf loop (IRN way)"])
         one_worker = statistics.median(seconds["wsss pseudo-label, 1 worker"])
         rows = {}
@@ -113,8 +109,9 @@ def write_cams(source: Path, bench: Run) -> None:
 
 
 def ours(bench: Run, workers: int) -> Path:
-    pseudo_label(bench, PseudoLabelConfig(refine="crf", workers=workers), force=True)
-    return Path(pseudo_mask_dir(bench, CONFIG.mask_set))
+    config = PseudoLabelConfig(refine="crf", workers=workers, name=f"crf-{workers}-workers")  # a folder each
+    pseudo_label(bench, config, force=True)
+    return Path(pseudo_mask_dir(bench, config.mask_set))
 
 
 def serial_loop(bench: Run, samples, out_dir: Path) -> Path:

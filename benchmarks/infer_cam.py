@@ -48,6 +48,7 @@ from stages.infer_cam import InferCamConfig, infer_cam  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
 from stages.models.multiscale import multi_scale_sum  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from step_timing import interleaved_runs  # noqa: E402
 from subset_run import subset_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "infer_cam.json"
@@ -85,18 +86,15 @@ def main() -> None:
             "wsss infer-cam, float32": lambda: ours(bench, scales, amp=False),
             f"wsss infer-cam, default ({default_dtype})": lambda: ours(bench, scales, amp=True),
         }
-        seconds: dict[str, list[float]] = {variant: [] for variant in variants}
-        for round_index in range(args.rounds):  # interleaved, so machine noise falls on all alike
-            for variant, infer in variants.items():
-                started = time.perf_counter()
-                output = infer()
-                seconds[variant].append(time.perf_counter() - started)
-                print(f"{name} round {round_index + 1}: {variant} {seconds[variant][-1]:.1f} s", file=sys.stderr)
-                if variant.startswith("reference"):
-                    reference_dir = output
+        agreement = {}
+
+        def compare_once(round_index: int, outputs: dict[str, Path]) -> None:
             if round_index == 0:
-                agreement = {variant: compare(samples, reference_dir, bench, amp)
-                             for variant, amp in (("float32", False), (default_dtype, True))}
+                reference_dir = outputs["reference (IRN way), float32"]
+                agreement.update({variant: compare(samples, reference_dir, bench, amp)
+                                  for variant, amp in (("float32", False), (default_dtype, True))})
+
+        seconds = interleaved_runs(variants, args.rounds, name, compare_once)
         assert agreement["float32"]["max_abs_diff"] <= FLOAT16_STEP_AT_ONE, agreement  # the same CAMs
         network = network_seconds(model, samples, scales)
         rows = {}

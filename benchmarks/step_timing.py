@@ -1,11 +1,11 @@
-"""The one way the step benchmarks time training steps: every spec's step takes its turn, round after round, so
-machine noise falls on all of them alike; compare medians over rounds."""
+"""The one way the benchmarks time what they compare: every spec (a training step, or a whole run of a stage) takes
+its turn, round after round, so machine noise falls on all of them alike; compare medians over rounds."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -34,3 +34,22 @@ def interleaved(steps: dict[str, Callable[[], None]], rounds: int, steps_per_rou
         print(f"round {round_index + 1}/{rounds}: " + "  ".join(f"{spec} {samples[spec][-1]:.3f}s" for spec in steps),
               file=sys.stderr)
     return samples
+
+
+Output = TypeVar("Output")
+
+
+def interleaved_runs(runs: dict[str, Callable[[], Output]], rounds: int, label: str,
+                     after_round: Callable[[int, dict[str, Output]], None]) -> dict[str, list[float]]:
+    """Per run, its wall seconds in each round; after each round, `after_round(round_index, outputs)` gets every
+    run's output, to check them against each other."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(rounds):
+        outputs = {}
+        for name, run in runs.items():
+            started = time.perf_counter()
+            outputs[name] = run()
+            seconds[name].append(time.perf_counter() - started)
+            print(f"{label} round {round_index + 1}: {name} {seconds[name][-1]:.1f} s", file=sys.stderr)
+        after_round(round_index, outputs)
+    return seconds

@@ -35,10 +35,9 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             end = min(start + per_forward, views)
             originals = scaled[start:min(end, count)]  # the chunk's unflipped views, then its flipped ones
             flipped = scaled[max(start, count) - count:max(end, count) - count].flip(-1)
-            chunk = torch.cat([originals, flipped]) if len(originals) and len(flipped) else (
-                originals if len(originals) else flipped)
+            chunk = torch.cat([originals, flipped]).contiguous(memory_format=memory_format(device))
             with autocast(device, amp):
-                maps = forward(chunk.contiguous(memory_format=memory_format(device)))
+                maps = forward(chunk)
             maps = per_view(F.interpolate(maps.float(), size=(height, width), mode="bilinear", align_corners=False))
             if scale_sum is None:
                 scale_sum = torch.zeros(count, *maps.shape[1:], device=maps.device)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -37,7 +36,7 @@ from stages.core.camstore import CamReader, CamWriter  # noqa: E402
 from stages.core.io import load_image, load_mask  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
 from stages.pseudo_label import PseudoLabelConfig, pseudo_label, pseudo_mask_dir  # noqa: E402
-from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import interleaved_runs  # noqa: E402
 from subset_run import subset_run  # noqa: E402
 
@@ -86,7 +85,7 @@ def main() -> None:
                              "speedup_vs_serial": serial / median, "scaling_vs_1_worker": one_worker / median}
         pixels = sum(np.prod(Image.open(s.image).size) for s in samples) / len(samples)
         results[name] = {"images": len(samples), "mean_pixels": float(pixels), "identical_labels": True, "variants": rows}
-    result = {"machine": machine(), "params": "gaussian 3/3, bilateral 50/5/10, gt_prob 0.7, 10 iterations",
+    result = {"machine": machine_info(), "params": "gaussian 3/3, bilateral 50/5/10, gt_prob 0.7, 10 iterations",
               "thresholds": [CONFIG.fg_threshold, CONFIG.bg_threshold], "image_sets": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -148,11 +147,6 @@ def crf_inference_label(image: np.ndarray, labels: np.ndarray, num_labels: int) 
 def differing_pixels(samples, reference: Path, ours_dir: Path) -> int:
     return sum(int((np.asarray(Image.open(reference / f"{s.id}.png")) != load_mask(ours_dir / f"{s.id}.png")).sum())
                for s in samples)
-
-
-def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def table(result: dict) -> str:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -47,7 +45,7 @@ from stages.data.loading import normalize  # noqa: E402
 from stages.infer_cam import InferCamConfig, infer_cam  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
 from stages.models.multiscale import multi_scale_sum  # noqa: E402
-from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import interleaved_runs  # noqa: E402
 from subset_run import subset_run  # noqa: E402
 
@@ -112,7 +110,7 @@ def main() -> None:
             "network_only": {dtype: {"gflops_per_second": flops / s / 1e9, "fraction_of_matmul_peak": flops / s / peak[dtype]}
                              for dtype, s in network.items()},
         }
-    result = {"machine": machine(), "scales": list(scales), "flip": True, "default_precision": default_dtype,
+    result = {"machine": machine_info(native_bf16=cpu_has_native_bf16()), "scales": list(scales), "flip": True, "default_precision": default_dtype,
               "matmul_peak_gflops_per_second": {k: v / 1e9 for k, v in peak.items()}, "image_sets": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -234,12 +232,6 @@ def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 4) 
             torch.mm(a, b)
             best = max(best, 2 * size ** 3 / (time.perf_counter() - started))
     return best
-
-
-def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "native_bf16": cpu_has_native_bf16(),
-            "python": platform.python_version()}
 
 
 def table(result: dict) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +34,7 @@ from stages.core.checkpoint import load_checkpoint  # noqa: E402
 from stages.core.device import cpu_has_native_bf16, forward_pixel_budget  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
-from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "inference_options.json"
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -89,8 +87,7 @@ def main() -> None:
             print(f"{name}, {precision}: " + ", ".join(
                 f"{option} {row['images_per_second']:.2f}/s" for option, row in
                 results[f"{name}, {precision}"]["options"].items()), file=sys.stderr)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch": torch.__version__, "python": platform.python_version()},
+    result = {"machine": machine_info(),
               "scales": list(SCALES), "chosen_budget": chosen, "rounds": args.rounds, "batches": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

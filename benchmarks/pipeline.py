@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.core.runs import Run  # noqa: E402
 from stages.summary import headline  # noqa: E402
-from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"
 
@@ -49,12 +47,8 @@ def main() -> None:
 
     run = Run(run_dir)
     numbers = headline(run)
-    import torch
-
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version()},
+        "machine": machine_info(),
         "seed": args.seed,
         "make_all_wall_seconds": round(make_all_seconds, 1),
         "upper_bound_wall_seconds": round(upper_bound_seconds, 1),

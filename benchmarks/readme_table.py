@@ -1,8 +1,10 @@
 """The one way a benchmark puts its table into README.md: between `<!-- bench:NAME:start -->` and
-`<!-- bench:NAME:end -->`, replacing what was there."""
+`<!-- bench:NAME:end -->`, replacing what was there; and the one way it records the machine it ran on."""
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -17,3 +19,13 @@ def write_readme_table(name: str, table: str) -> None:
         return
     start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
     README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+
+
+def machine_info(**extra) -> dict:
+    """CPU, cores, torch and Python versions (and `extra`), for a benchmark's JSON. torch is imported here, not
+    with this module: benchmarks/scaling.py must not hold torch while it launches the stages it measures."""
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), **extra}

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"
 SAMPLE_SECONDS = 0.2
@@ -180,12 +179,9 @@ def write_results(runs: list[dict], sizes: list[int], seed: int, **provenance) -
         fits[name] = fit([run["stages"][name]["images"] for run in runs],
                          [run["stages"][name]["seconds"] for run in runs])
     fits["make all"] = fit(sizes, [sum(stage["seconds"] for stage in run["stages"].values()) for run in runs])
-    import torch  # only now: a parent holding torch would show up in every stage's ru_maxrss (see the docstring)
 
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version()},
+        "machine": machine_info(),
         **provenance,
         "seed": seed,
         "sizes": sizes,

@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.camstore import CamReader, CamWriter  # noqa: E402
-from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "storage.json"
 CACHE_NOTE = ("no fsync, no cache dropped: writes end in the page cache and reads, straight after them, are served "
@@ -212,11 +211,9 @@ def main() -> None:
     images, payload = len(cams.ids), cams.payload_bytes
     hdf5_bytes = usage["hdf5-f16"]["bytes"]
     results = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__, "h5py": h5py.__version__,
-                    "hdf5": h5py.version.hdf5_version, "torch": torch.__version__,
-                    "workdir_filesystem": filesystem(args.workdir),
-                    "workdir_block_bytes": os.statvfs(args.workdir).f_frsize},
+        "machine": machine_info(numpy=np.__version__, h5py=h5py.__version__, hdf5=h5py.version.hdf5_version,
+                                workdir_filesystem=filesystem(args.workdir),
+                                workdir_block_bytes=os.statvfs(args.workdir).f_frsize),
         "cams": str(args.cams), "images": images, "image_size": list(cams.maps[0].shape[1:]),
         "channels_per_image": sum(cam.shape[0] for cam in cams.maps) / images,
         "payload_float32_bytes": payload, "rounds": args.rounds, "cache": CACHE_NOTE,

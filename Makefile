@@ -43,7 +43,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py --run runs/bench
 
-# Throughput (README "Throughput"): CAM inference and dense CRF against the reference way, inference options, CAM
+# Throughput (benchmarks/README.md "Throughput"): CAM inference and dense CRF against the reference way, inference options, CAM
 # storage, and how each stage of `make all` scales with the number of images. All but the last use runs/bench.
 bench-throughput: $(STAMP)
 	test -f runs/bench/cams/train.h5 || $(MAKE) bench

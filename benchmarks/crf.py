@@ -9,7 +9,7 @@ at the foreground and once at the background threshold; disagreements become 255
 the pseudo-label stage with 1 worker process and with one per core: images/s, per core, and the scaling from 1
 to N workers. Two image sets: the run's synthetic 128x128 training images with their CAMs, and VOC-sized copies
 (see subset_run.py) with the CAMs resized alike (a VOC image has 11x the pixels, and the CRF's cost grows with
-them). Results: benchmarks/results/crf.json and the README table between the bench:crf markers.
+them). Results: benchmarks/results/crf.json and the table in benchmarks/README.md between the bench:crf markers.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from stages.core.camstore import CamReader, CamWriter  # noqa: E402
 from stages.core.io import load_image, load_mask  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
-from stages.pseudo_label import PseudoLabelConfig, pseudo_label, pseudo_mask_dir  # noqa: E402
+from stages.config import PseudoLabelConfig  # noqa: E402
+from stages.pseudo_label import pseudo_label  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import interleaved_runs  # noqa: E402
 from subset_run import subset_run  # noqa: E402
@@ -110,7 +111,7 @@ def write_cams(source: Path, bench: Run) -> None:
 def ours(bench: Run, workers: int) -> Path:
     config = PseudoLabelConfig(refine="crf", workers=workers, name=f"crf-{workers}-workers")  # a folder each
     pseudo_label(bench, config, force=True)
-    return Path(pseudo_mask_dir(bench, config.mask_set))
+    return bench.pseudo(config.mask_set).path
 
 
 def serial_loop(bench: Run, samples, out_dir: Path) -> Path:

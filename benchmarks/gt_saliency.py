@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stages.core.io import IGNORE_INDEX, load_mask  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
-from stages.data.saliency import save_saliency  # noqa: E402
+from stages.data.saliency_maps import save_saliency  # noqa: E402
 
 
 def main() -> None:

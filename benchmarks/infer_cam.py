@@ -42,7 +42,8 @@ from stages.core.device import autocast, cpu_has_native_bf16, forward_pixel_budg
 from stages.core.io import load_image  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
 from stages.data.loading import normalize  # noqa: E402
-from stages.infer_cam import InferCamConfig, infer_cam  # noqa: E402
+from stages.config import InferCamConfig  # noqa: E402
+from stages.infer_cam import infer_cam  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
 from stages.models.multiscale import multi_scale_sum  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)

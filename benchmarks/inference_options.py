@@ -9,7 +9,7 @@ sums, no loading or writing) on one batch of the synthetic set (16 images, 128x1
 images, 500x375), in float32 and bfloat16; the options take turns round after round and the median counts.
 torch.compile's first calls (compilation, once per input shape) are timed apart; torch.profiler gives each
 operator's share of the time with the chosen budget. Results:
-benchmarks/results/inference_options.json and the README table between the bench:inference-options markers.
+benchmarks/results/inference_options.json and the table in benchmarks/README.md between the bench:inference-options markers.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> None:
             options = {f"pixels per forward: {budget or 'whole batch'}": (model.cams, budget) for budget in BUDGETS}
             options["batch norm folded"] = (folded.cams, chosen)
             compile_seconds = None
-            if name.startswith("synthetic"):  # VOC's many sizes would recompile for each; see the README
+            if name.startswith("synthetic"):  # VOC's many sizes would recompile for each; see benchmarks/README.md
                 torch._dynamo.reset()  # a fresh cache per precision: dynamo caps recompilations per function
                 compiled = torch.compile(model.cams, dynamic=False)
                 started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Memory-bank methods over several seeds on the synthetic benchmark: the segmenter with and without cross-image
 pixel contrast (`segment --contrast memory`) on the same pseudo masks and on ground truth, and MCIC
 (`segment --method mcic`, from image labels and saliency) against the two-stage pipeline.
-Results: `benchmarks/results/memory_methods.json` and the README table `bench:memory-methods`.
+Results: `benchmarks/results/memory_methods.json` and the table in benchmarks/README.md `bench:memory-methods`.
 
     python benchmarks/memory_methods.py --seeds 0,1,2 [--variants pseudo-crf-memory,mcic,...]
         [--contrast-option pixel_memory=1000 ...]

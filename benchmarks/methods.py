@@ -90,7 +90,7 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
     if not done(run, "evaluate/cams_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5")
         wsss("evaluate", "cams", *run_args, "--split", "train")
-    raw_cams = raw_cams and hasattr(CAM_METHODS[method], "raw_cams")  # only methods that refine their CAMs
+    raw_cams = raw_cams and hasattr(CAM_METHODS.get(method), "raw_cams")  # only methods that refine their CAMs
     if raw_cams and not done(run, "evaluate/cams-raw_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5", "--raw")
         wsss("evaluate", "cams-raw", *run_args, "--split", "train")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.runs import Run  # noqa: E402
-from stages.summary import headline  # noqa: E402
+from stages.results import headline  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"

@@ -30,7 +30,7 @@ from stages.core.runs import Run  # noqa: E402
 from stages.data.loading import Augment, SplitDataset  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
 from stages.methods.ppc import PpcOptions, class_scores, prototype_confidence  # noqa: E402
-from stages.train_cam import CHECKPOINT, TrainCamConfig  # noqa: E402
+from stages.config import TrainCamConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ppc_pseudo_labels.json"
 
@@ -76,8 +76,8 @@ class Tally:
 @torch.no_grad()
 def score_run(run_dir: Path, images: int, options: PpcOptions) -> dict:
     run = Run(run_dir)
-    payload = load_checkpoint(run.path(CHECKPOINT), "cam")
-    model = cam_model_from_checkpoint(payload, run.path(CHECKPOINT))
+    payload = load_checkpoint(run.cam_checkpoint.require(), "cam")
+    model = cam_model_from_checkpoint(payload, run.cam_checkpoint.path)
     model.train()  # batch statistics, as the training step sees them
     config = TrainCamConfig(**{k: v for k, v in payload["config"].items() if k in ("base_size", "crop_size")})
     dataset = run.dataset()

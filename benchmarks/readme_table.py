@@ -1,5 +1,6 @@
-"""The one way a benchmark puts its table into README.md: between `<!-- bench:NAME:start -->` and
-`<!-- bench:NAME:end -->`, replacing what was there; and the one way it records the machine it ran on."""
+"""The one way a benchmark puts its table into the docs: between `<!-- bench:NAME:start -->` and
+`<!-- bench:NAME:end -->`, replacing what was there, in whichever of README.md and benchmarks/README.md holds
+that marker pair; and the one way it records the machine it ran on."""
 
 from __future__ import annotations
 
@@ -8,17 +9,29 @@ import platform
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BENCHMARKS_README = ROOT / "benchmarks" / "README.md"
+DOCS = (README, BENCHMARKS_README)  # the files a table's markers may be in
 
 
 def write_readme_table(name: str, table: str) -> None:
+    """Replace what is between the `bench:NAME` markers with `table`, in the file that holds them; a warning on
+    stderr, and nothing written, when neither file does."""
     start_marker, end_marker = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
-    text = README.read_text()
-    if start_marker not in text or end_marker not in text:
-        print(f"README.md has no {start_marker} ... {end_marker} markers: table not written there", file=sys.stderr)
-        return
-    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
-    README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+    written = False
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        text = doc.read_text()
+        if start_marker not in text or end_marker not in text:
+            continue
+        start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
+        doc.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+        written = True
+    if not written:
+        print(f"neither README.md nor benchmarks/README.md has {start_marker} ... {end_marker} markers: "
+              "table not written", file=sys.stderr)
 
 
 def machine_info(**extra) -> dict:

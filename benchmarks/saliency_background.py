@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.core.io import IGNORE_INDEX, load_image, load_mask  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
-from stages.data.saliency import DirectorySaliency  # noqa: E402
+from stages.data.saliency_maps import DirectorySaliency  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "saliency_background.json"
 

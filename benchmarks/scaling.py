@@ -173,7 +173,7 @@ def main() -> None:
 
 
 def write_results(runs: list[dict], sizes: list[int], seed: int, **provenance) -> None:
-    """The fits, the JSON and the README table of the runs' measurements."""
+    """The fits, the JSON and the table in benchmarks/README.md of the runs' measurements."""
     fits = {}
     for name in runs[0]["stages"]:
         fits[name] = fit([run["stages"][name]["images"] for run in runs],

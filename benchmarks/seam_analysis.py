@@ -34,8 +34,8 @@ from stages.core.runs import Run  # noqa: E402
 from stages.data.loading import normalize  # noqa: E402
 from stages.evaluate import labelled_samples, load_ground_truth  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
-from stages.methods.seam import max_norm, spatial_transform  # noqa: E402
-from stages.train_cam import CHECKPOINT  # noqa: E402
+from stages.methods.common import max_norm  # noqa: E402
+from stages.methods.seam import spatial_transform  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "seam_analysis.json"
 
@@ -72,7 +72,7 @@ def affinity_focus(model, image: torch.Tensor, gt: np.ndarray) -> tuple[float, f
 
 def measure(run_dir: Path, split: str, scale: float, limit: int) -> dict:
     run = Run(run_dir)
-    path = run.require(CHECKPOINT, "train it first")
+    path = run.cam_checkpoint.require()
     payload = load_checkpoint(path, "cam")
     model = cam_model_from_checkpoint(payload, path)
     index = run.dataset()

@@ -1,7 +1,7 @@
 """Time and memory of one segmenter training step (forward, losses, backward, SGD step) for the memory-bank
 methods against plain DeepLab training, measured side by side in one process: the specs take turns, round after
 round, and each spec's median over rounds is compared with plain DeepLab's. Results:
-`benchmarks/results/segment_step.json` and the README table `bench:segment-step`.
+`benchmarks/results/segment_step.json` and the table in benchmarks/README.md `bench:segment-step`.
 
     python benchmarks/segment_step.py [--specs deeplab,memory-1000,memory,mcic] [--rounds 5] [--steps 5]
 
@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.device import autocast, resolve_device  # noqa: E402
-from stages.core.training import OptimConfig, make_optimizer  # noqa: E402
+from stages.core.training import make_optimizer  # noqa: E402
 from stages.methods import build_segment_method  # noqa: E402
 from stages.models.deeplab import DeepLab  # noqa: E402
-from stages.segment import SegmentConfig  # noqa: E402
+from stages.config import SegmentConfig  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import interleaved, timed  # noqa: E402
 
@@ -69,7 +69,7 @@ def build(spec: str, device: torch.device):
     trainer = build_segment_method(method, {}, contrast, options, segmenter, NUM_CLASSES, 125).to(device).train()
     backbone, head = segmenter.param_groups()
     optimizer = make_optimizer(backbone, head + trainer.new_parameters(),
-                               OptimConfig(config.epochs, config.lr, config.head_lr_mult, config.weight_decay))
+                               config)
     batch = make_batch(config, device)
     with autocast(device, config.amp):
         trainer(batch, 0)  # creates the memory

@@ -3,7 +3,7 @@ image, gzip level 1 + shuffle, one chunk per image) against the way IRN's `step/
 per image holding a pickled dict, `np.save(path, {"keys": valid_cat, "cam": strided_cam, "high_res":
 highres_cam})`, read back with `np.load(path, allow_pickle=True).item()`. Two plain `.npy` formats of the (K, H, W)
 map alone, float32 and float16, separate what the stride-4 map, the dtype and the compression each cost. Results:
-`benchmarks/results/storage.json` and the README table `bench:storage`.
+`benchmarks/results/storage.json` and the table in benchmarks/README.md `bench:storage`.
 
     python benchmarks/storage.py [--cams runs/bench/cams/train.h5] [--limit N] [--rounds 3] [--workdir /tmp]
 

@@ -1,6 +1,6 @@
 """Time of one CAM training step (forward, losses, backward, SGD step) per method, with and without an add-on
 loss, measured side by side in one process: the specs take turns, round after round, and each spec's median
-over rounds is compared with its base method's. Results: `benchmarks/results/train_step.json` and README.
+over rounds is compared with its base method's. Results: `benchmarks/results/train_step.json` and benchmarks/README.md.
 
     python benchmarks/train_step.py [--specs baseline,baseline+ppc,seam,seam+ppc] [--rounds 7] [--steps 5]
 
@@ -23,10 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stages.config import CamModelConfig, TrainCamConfig  # noqa: E402
 from stages.core.device import autocast, resolve_device  # noqa: E402
-from stages.core.training import OptimConfig, make_optimizer  # noqa: E402
-from stages.methods import CamModelConfig, build_aux_loss, build_cam_model  # noqa: E402
-from stages.train_cam import TrainCamConfig, training_terms  # noqa: E402
+from stages.core.training import make_optimizer  # noqa: E402
+from stages.methods import build_aux_loss, build_cam_model, training_terms  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import interleaved  # noqa: E402
 
@@ -42,7 +42,7 @@ def make_step(spec: str, device: torch.device, amp: bool):
     aux = build_aux_loss(aux_name, {}, model, method).to(device) if aux_name else None
     backbone, head = model.param_groups()
     optimizer = make_optimizer(backbone, head + (list(aux.parameters()) if aux else []),
-                               OptimConfig(defaults.epochs, defaults.lr, defaults.head_lr_mult, defaults.weight_decay))
+                               defaults)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(defaults.batch_size, 3, defaults.crop_size, defaults.crop_size, generator=generator).to(device)
     labels = (torch.rand(defaults.batch_size, NUM_CLASSES, generator=generator) < 0.2).float()

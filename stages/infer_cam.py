@@ -1,6 +1,6 @@
 """Stage `infer-cam`: multi-scale, flipped CAMs for a split, fused and max-normalised per class.
 
-Input: `cam/checkpoint.pt` and the dataset index. Output: `cams/<split>.h5` (see `core.camstore`).
+Input: the run's CAM checkpoint and dataset index. Output: the split's CAM file (see `core.camstore`).
 As in IRN's make_cam: for each scale the image and its flip go through the network, the maps are upsampled
 to the image size and summed over scales and flips, then each labelled class is divided by its maximum.
 Images of equal size are batched together (in order of size, so VOC's mixed sizes batch too), and each scale's
@@ -14,74 +14,49 @@ N-th part and the main process merges.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core.camstore import CamReader, CamWriter, cam_file_name
+from .config import InferCamConfig
+from .core.camstore import CamReader, CamWriter
 from .core.checkpoint import load_checkpoint
 from .core.console import console, progress_bar
 from .core.device import memory_format, resolve_device, seed_everything
 from .core.distributed import processes
 from .core.errors import UserError
-from .core.resumable import resumable_directory
-from .core.runs import Run, comparable, fingerprint
+from .core.runs import Run, Stage
 from .data.loading import same_size_batches
 from .methods import cam_model_from_checkpoint
 from .models.multiscale import multi_scale_sum
-from .train_cam import CHECKPOINT
-
-
-@dataclass(frozen=True)
-class InferCamConfig:
-    split: str = "train"
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    flip: bool = True
-    raw: bool = False  # methods that refine their CAMs (SEAM's PCM): write the unrefined ones instead
-    batch_size: int = 16
-    part_size: int = 256  # images per part file: a killed run loses at most one part's work per process
-    workers: int = 1
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
 
 
 def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
-    """CAMs of a split; skipped when up to date (see `Run.up_to_date`) unless `force`."""
-    if not config.scales or any(s <= 0 for s in config.scales):
-        raise UserError(f"scales must be positive numbers, got {list(config.scales)}")
-    if config.part_size < 1:
-        raise UserError(f"part size must be at least 1, got {config.part_size}")
+    """CAMs of a split; skipped when up to date (see `Run.execute`) unless `force`."""
     dataset = run.dataset()
     samples = dataset.split(config.split)
-    checkpoint_path = run.require(CHECKPOINT, "run `wsss train-cam` first")
-    key = f"infer-cam/{config.split}{'-raw' if config.raw else ''}"
-    inputs = [run.path("dataset.json"), checkpoint_path]
-    procs = processes()
-    done = run.up_to_date(key, asdict(config), inputs, force)
-    if done is not None:
-        return done
-    checkpoint = load_checkpoint(checkpoint_path, "cam")
-    if checkpoint["class_names"] != dataset.class_names:
-        raise UserError(f"{checkpoint_path} was trained on other classes than this run's dataset")
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    model = cam_model_from_checkpoint(checkpoint, checkpoint_path).to(device, memory_format=memory_format(device))
-    cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams
+    checkpoint_path = run.cam_checkpoint.require()
+    output = run.cams(config.split, config.raw).path
 
-    output = run.path(cam_file_name(config.split, config.raw))
-    parts_dir = output.parent / f".{output.name}.parts"
-    attributes = dict(class_names=dataset.class_names, split=config.split, scales=list(config.scales),
-                      config={"infer": asdict(config), "train": checkpoint["config"]},
-                      kind="cam_raw" if config.raw else "cam")
-    finished = resumable_directory(parts_dir, {**comparable(asdict(config)), "part_size": config.part_size,
-                                               "inputs": [fingerprint(p) for p in inputs]}, procs)
-    parts = [(parts_dir / f"part-{start:08d}.h5", samples[start:start + config.part_size])
-             for start in range(0, len(samples), config.part_size)]
-    todo = [(path, part) for path, part in procs.shard(parts) if path.name not in finished]
-    with run.stage(key, asdict(config), inputs) as record:
+    def work() -> dict:
+        checkpoint = load_checkpoint(checkpoint_path, "cam")
+        if checkpoint["class_names"] != dataset.class_names:
+            raise UserError(f"{checkpoint_path} was trained on other classes than this run's dataset")
+        procs = processes()
+        device = resolve_device(config.device)
+        seed_everything(config.seed)
+        model = cam_model_from_checkpoint(checkpoint, checkpoint_path).to(device, memory_format=memory_format(device))
+        cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams
+        parts_dir = output.parent / f".{output.name}.parts"
+        attributes = dict(class_names=dataset.class_names, split=config.split, scales=list(config.scales),
+                          config={"infer": asdict(config), "train": checkpoint["config"]},
+                          kind="cam_raw" if config.raw else "cam")
+        finished = run.resumable_folder(stage, parts_dir, part_size=config.part_size)
+        parts = [(parts_dir / f"part-{start:08d}.h5", samples[start:start + config.part_size])
+                 for start in range(0, len(samples), config.part_size)]
+        todo = [(path, part) for path, part in procs.shard(parts) if path.name not in finished]
         console.print(f"infer-cam: {len(samples)} {config.split} images, scales {list(config.scales)}, "
                       f"flip {config.flip}, device {device}"
                       + (f", {procs.world_size} processes" if procs.distributed else "")
@@ -101,9 +76,11 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
         if procs.is_main:
             merge_parts([path for path, _ in parts], output, attributes)
             shutil.rmtree(parts_dir)
-        record.outputs.append(output)
-        record.metrics["images"] = len(samples)
-    return record.metrics
+        return {"images": len(samples)}
+
+    stage = Stage(f"infer-cam/{config.split}{'-raw' if config.raw else ''}", config,
+                  [run.dataset_index.path, checkpoint_path], [output], work)
+    return run.execute(stage, force)
 
 
 def merge_parts(parts: list[Path], output: Path, attributes: dict) -> None:

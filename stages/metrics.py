@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .core.errors import UserError
 from .core.io import IGNORE_INDEX
 
 # SEAM's sweep of the background threshold for CAM evaluation: 0.00, 0.01, ..., 0.60.
@@ -263,3 +264,26 @@ class SaliencyQuality:
             "max_f": float(f_measure[best]),
             "threshold_at_max_f": best / (self.LEVELS - 1),
         }
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over classes (with at least one positive) of the average precision of ranking images by score."""
+    precisions = []
+    for column in range(scores.shape[1]):
+        positives = targets[:, column] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, column], kind="stable")
+        hits = positives[order]
+        precision_at_hit = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
+        precisions.append(precision_at_hit.mean())
+    if not precisions:
+        raise UserError("validation split has no labelled images: cannot compute mAP")
+    return float(np.mean(precisions))
+
+
+def macro_f1(predicted: np.ndarray, targets: np.ndarray) -> float:
+    true_positive = (predicted & targets).sum(0)
+    denominator = predicted.sum(0) + targets.sum(0)
+    present = targets.sum(0) > 0
+    return float(np.mean(2 * true_positive[present] / np.maximum(denominator[present], 1)))

@@ -9,59 +9,68 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 from rich.table import Table
 
+from .config import FolderDataConfig, SynthDataConfig, VocDataConfig
 from .core.console import console, progress_bar
-from .core.runs import DATASET_INDEX, Run
+from .core.runs import Run, Stage
 from .data.folder import read_folder
 from .data.index import DatasetIndex
-from .data.synth import SynthConfig, generate
+from .data.synth import generate
 from .data.verify import bad_sample_error, distinct_samples, find_problems, skipped_summary, without_problems
-from .data.voc import DEFAULT_SPLITS, find_voc_dir, read_voc
+from .data.voc import find_voc_dir, read_voc
 
 
-def data_synth(run: Run, config: SynthConfig, out_dir: Path | None = None, workers: int = 2) -> DatasetIndex:
-    config.validate()
-    out_dir = Path(out_dir) if out_dir else run.path("synth")
-    total = config.num_train + config.num_val
-    with run.stage("data", {"source": "synth", "out": str(out_dir), "workers": workers, **asdict(config)}) as record:
+def data_synth(run: Run, config: SynthDataConfig, *, force: bool = False) -> dict:
+    """Generate the synthetic benchmark and index it."""
+    out_dir = Path(config.out) if config.out else run.synth_images
+    synth = config.synth
+
+    def work() -> dict:
         with progress_bar() as bar:
-            task = bar.add_task("data synth", total=total, status="")
-            index = generate(config, out_dir, workers=workers, progress=lambda n: bar.update(task, advance=n))
-        _finish(run, index, record)
-    return index
+            task = bar.add_task("data synth", total=synth.num_train + synth.num_val, status="")
+            index = generate(synth, out_dir, workers=max(config.workers, 1),
+                             progress=lambda n: bar.update(task, advance=n))
+        return _finish(run, index)
+
+    return run.execute(Stage("data", {"source": "synth", **asdict(config)}, [],
+                             [run.dataset_index.path, out_dir], work), force)
 
 
-def data_voc(run: Run, root: Path, splits: Sequence[str] = DEFAULT_SPLITS, workers: int = 8, verify: bool = True,
-             skip_bad: bool = False) -> DatasetIndex:
+def data_voc(run: Run, config: VocDataConfig, *, force: bool = False) -> dict:
     """Index VOC. `verify` decodes every image and mask once (see `data.verify`); a bad one is an error, or with
     `skip_bad` left out and listed in the index's `skipped`."""
+    root = Path(config.root)
     find_voc_dir(root)  # a wrong path fails before any progress bar is drawn
-    config = {"source": "voc", "root": str(root), "splits": list(splits), "verify": verify, "skip_bad": skip_bad}
-    with run.stage("data", config) as record:
+
+    def work() -> dict:
         with progress_bar() as bar:
             task = bar.add_task("data voc", total=None, status="reading masks")
-            index = read_voc(root, splits, workers=workers, progress=lambda n: bar.update(task, advance=n),
-                             skip_bad=skip_bad)
-        if verify:
-            index = _verified(index, workers, skip_bad)
-        _finish(run, index, record, verify)
-    return index
+            index = read_voc(root, config.splits, workers=max(config.workers, 1),
+                             progress=lambda n: bar.update(task, advance=n), skip_bad=config.skip_bad)
+        if config.verify:
+            index = _verified(index, max(config.workers, 1), config.skip_bad)
+        return _finish(run, index, config.verify)
+
+    return run.execute(Stage("data", {"source": "voc", **asdict(config)}, [root], [run.dataset_index.path], work),
+                       force)
 
 
-def data_folder(run: Run, root: Path, labels_file: Path | None = None, workers: int = 8, verify: bool = True,
-                skip_bad: bool = False) -> DatasetIndex:
+def data_folder(run: Run, config: FolderDataConfig, *, force: bool = False) -> dict:
     """Index a folder of images; `verify` and `skip_bad` as for `data_voc`."""
-    config = {"source": "folder", "root": str(root), "labels": str(labels_file), "verify": verify,
-              "skip_bad": skip_bad}
-    with run.stage("data", config) as record:
+    root = Path(config.root)
+    labels_file = Path(config.labels) if config.labels else None
+
+    def work() -> dict:
         index = read_folder(root, labels_file)
-        if verify:
-            index = _verified(index, workers, skip_bad)
-        _finish(run, index, record, verify)
-    return index
+        if config.verify:
+            index = _verified(index, max(config.workers, 1), config.skip_bad)
+        return _finish(run, index, config.verify)
+
+    inputs = [root] + ([labels_file] if labels_file else [])
+    return run.execute(Stage("data", {"source": "folder", **asdict(config)}, inputs, [run.dataset_index.path], work),
+                       force)
 
 
 def _verified(index: DatasetIndex, workers: int, skip_bad: bool) -> DatasetIndex:
@@ -76,17 +85,17 @@ def _verified(index: DatasetIndex, workers: int, skip_bad: bool) -> DatasetIndex
     return without_problems(index, problems)
 
 
-def _finish(run: Run, index: DatasetIndex, record, verified: bool = False) -> None:
-    index.save(run.path(DATASET_INDEX))
-    record.inputs.append(index.root)
-    record.outputs.append(run.path(DATASET_INDEX))
-    record.metrics = {f"{split}_images": len(samples) for split, samples in index.splits.items()}
+def _finish(run: Run, index: DatasetIndex, verified: bool = False) -> dict:
+    """Write the index; its metrics (images per split, and the images left out)."""
+    index.save(run.dataset_index.path)
+    metrics = {f"{split}_images": len(samples) for split, samples in index.splits.items()}
     if verified or index.skipped:
-        record.metrics["skipped_images"] = [asdict(entry) for entry in index.skipped]
+        metrics["skipped_images"] = [asdict(entry) for entry in index.skipped]
     if index.skipped:
         # One unwrapped line for logs and grep; markup=False: rich would take "[...]" in paths for style tags.
         console.print(skipped_summary(index.skipped), markup=False, highlight=False, soft_wrap=True)
     console.print(summary_table(index))
+    return metrics
 
 
 def summary_table(index: DatasetIndex) -> Table:

@@ -1,11 +1,12 @@
 """Stage `pseudo-label`: CAMs → pseudo masks for training the segmenter.
 
-Input: `cams/<split>.h5`. Output: `pseudo/<refine>/<id>.png` (VOC palette PNGs) and `pseudo/<refine>/info.json`.
+Input: the split's CAM file. Output: a mask set `pseudo/<set>/<id>.png` (VOC palette PNGs) and its `info.json`;
+the set is named after the refinements (see `core.layout.mask_set_name`) unless `--name` names it.
 As in IRN's cam_to_ir_label: the background score is a constant threshold stacked under the CAMs; argmax with
 the high (foreground) threshold gives confident foreground, with the low (background) threshold confident
 background; each map goes through the label refinements (dense CRF); pixels the two disagree on are 255
 (ignored by the segmenter's loss). `--refine saliency` takes the background from saliency maps instead
-(see stages/refine/saliency.py). Images are processed in parallel worker processes (CRF is single-threaded).
+(see stages/refine/saliency_background.py). Images are processed in parallel worker processes (CRF is single-threaded).
 A killed run resumes where it stopped: masks already written with the same config and inputs are kept (see
 core/resumable.py). Under torchrun each process labels every N-th image.
 """
@@ -13,47 +14,23 @@ core/resumable.py). Under torchrun each process labels every N-th image.
 from __future__ import annotations
 
 import multiprocessing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core.camstore import CamReader, cam_file_name
+from .config import PseudoLabelConfig
+from .core.camstore import CamReader
 from .core.console import console, progress_bar
 from .core.distributed import processes
 from .core.errors import UserError
-from .core.io import IGNORE_INDEX, check_plain_name, load_image, load_mask, save_mask, write_json
-from .core.resumable import finish_directory, resumable_directory
-from .core.runs import Run, comparable, fingerprint
-from .refine import ImageItem, Refinement, RefineInputs, parse_refinements, refinement_names
+from .core.io import IGNORE_INDEX, load_image, load_mask, save_mask, write_json
+from .core.resumable import finish_directory
+from .core.runs import Run, Stage
+from .refine import ImageItem, Refinement, RefineInputs, parse_refinements
 from .refine.pcm import check_pcm_checkpoint
-from .refine.saliency import SaliencyBackground
-from .saliency import SALIENCY_DIR
-from .train_cam import CHECKPOINT
-
-
-@dataclass(frozen=True)
-class PseudoLabelConfig:
-    split: str = "train"
-    refine: str = "crf"
-    pcm_checkpoint: str = ""  # for --refine pcm: a SEAM checkpoint (default: the run's cam/checkpoint.pt)
-    saliency_dir: str = ""  # for --refine saliency: <id>.png maps (default: the run's saliency/)
-    saliency_threshold: float = 0.5  # for --refine saliency: below it a pixel is background
-    fg_threshold: float = 0.30
-    bg_threshold: float = 0.05
-    raw: bool = False  # from the unrefined CAMs of `infer-cam --raw`; the masks go to pseudo/<refine>-raw
-    name: str = ""  # the mask set's name, to keep sets made with other thresholds apart (default: as above)
-    workers: int = 2
-
-    @property
-    def mask_set(self) -> str:
-        """The masks' name: what `segment --pseudo` and `evaluate pseudo/NAME` take."""
-        return self.name or self.refine.replace(",", "+") + ("-raw" if self.raw else "")
-
-
-def pseudo_mask_dir(run: Run, mask_set: str) -> str:
-    return str(run.path("pseudo", mask_set.replace(",", "+")))
+from .refine.saliency_background import SaliencyBackground
 
 
 def make_pseudo_mask(item: ImageItem, cams: np.ndarray, classes: np.ndarray, config: PseudoLabelConfig,
@@ -77,42 +54,33 @@ def make_pseudo_mask(item: ImageItem, cams: np.ndarray, classes: np.ndarray, con
 
 
 def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) -> dict:
-    """Pseudo masks of a split; skipped when up to date (see `Run.up_to_date`) unless `force`."""
-    if not 0 <= config.bg_threshold <= config.fg_threshold <= 1:
-        raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {config.bg_threshold} and "
-                        f"{config.fg_threshold}")
-    names = refinement_names(config.refine)  # fail on a bad name before any work
-    check_plain_name(config.mask_set, "mask set name", "crf-fitted")
-    refine_inputs = RefineInputs(
-        checkpoint=Path(config.pcm_checkpoint) if config.pcm_checkpoint else run.path(CHECKPOINT),
-        saliency_dir=config.saliency_dir or str(run.path(SALIENCY_DIR)), saliency_threshold=config.saliency_threshold)
+    """Pseudo masks of a split; skipped when up to date (see `Run.execute`) unless `force`."""
+    names = config.refinements
+    refine_inputs = RefineInputs(checkpoint=Path(config.pcm_checkpoint or run.cam_checkpoint.path),
+                                 saliency_dir=config.saliency_dir or str(run.saliency.path),
+                                 saliency_threshold=config.saliency_threshold)
     if "pcm" in names:  # checked here without building the model: workers build it
         check_pcm_checkpoint(refine_inputs.checkpoint)
     if "saliency" in names:  # a missing directory fails here, once
-        SaliencyBackground(refine_inputs.saliency_dir, refine_inputs.saliency_threshold)
+        SaliencyBackground.from_inputs(refine_inputs)
     dataset = run.dataset()
     samples = dataset.split(config.split)
-    infer_command = f"wsss infer-cam --split {config.split}{' --raw' if config.raw else ''}"
-    cam_file = run.require(cam_file_name(config.split, config.raw), f"run `{infer_command}` first")
+    cams = run.cams(config.split, config.raw)
+    cam_file = cams.require()
     with CamReader(cam_file) as reader:
         missing = [s.id for s in samples if s.id not in reader]
     if missing:
         raise UserError(f"{cam_file} has no CAM for {len(missing)} images of split {config.split} "
-                        f"(e.g. {missing[0]}): re-run `{infer_command}`")
-    out_dir = pseudo_mask_dir(run, config.mask_set)
-    key = f"pseudo-label/{config.mask_set}"
-    inputs = ([run.path("dataset.json"), cam_file] + ([refine_inputs.checkpoint] if "pcm" in names else [])
-              + ([refine_inputs.saliency_dir] if "saliency" in names else []))
-    procs = processes()
-    done = run.up_to_date(key, asdict(config), inputs, force)
-    if done is not None:
-        return done
-    finished = resumable_directory(out_dir, {**comparable(asdict(config)),
-                                             "inputs": [fingerprint(p) for p in inputs]}, procs)
-    mine = procs.shard(samples)
-    jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in mine if f"{s.id}.png" not in finished]
+                        f"(e.g. {missing[0]}): re-run `{cams.made_by}`")
+    out_dir = run.pseudo(config.mask_set).path
+    inputs = ([run.dataset_index.path, cam_file] + ([refine_inputs.checkpoint] if "pcm" in names else [])
+              + ([Path(refine_inputs.saliency_dir)] if "saliency" in names else []))
 
-    with run.stage(key, asdict(config), inputs) as record:
+    def work() -> dict:
+        procs = processes()
+        finished = run.resumable_folder(stage, out_dir)
+        mine = procs.shard(samples)
+        jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in mine if f"{s.id}.png" not in finished]
         console.print(f"pseudo-label: {len(samples)} images, refine {config.refine}, thresholds fg "
                       f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers"
                       + (f", {procs.world_size} processes" if procs.distributed else "")
@@ -131,12 +99,14 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
                 labelled += pixels
                 bar.update(task, advance=1)
         ignored, labelled = procs.sum([ignored, labelled])
-        record.metrics = {"images": len(samples), "ignored_fraction": round(ignored / max(labelled, 1), 4)}
+        metrics = {"images": len(samples), "ignored_fraction": round(ignored / max(labelled, 1), 4)}
         if procs.is_main:
-            write_json(f"{out_dir}/info.json", {"config": asdict(config), "source": str(cam_file), **record.metrics})
+            write_json(out_dir / "info.json", {"config": asdict(config), "source": str(cam_file), **metrics})
         finish_directory(out_dir, procs)
-        record.outputs.append(out_dir)
-    return record.metrics
+        return metrics
+
+    stage = Stage(f"pseudo-label/{config.mask_set}", config, inputs, [out_dir], work)
+    return run.execute(stage, force)
 
 
 _worker: dict = {}

@@ -1,4 +1,4 @@
-"""The `wsss report` stage: one self-contained HTML page summarising a run.
+"""Stage `report`: one self-contained HTML page summarising a run (`report.html`).
 
 It shows every evaluation in `eval/`, the stage timings from the manifest, and for a few images of a split
 the image, its ground truth, CAM, pseudo mask and prediction side by side. Images are embedded as base64
@@ -11,18 +11,17 @@ import base64
 import html
 import io
 import random
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .config import ReportConfig
 from .core.camstore import CamReader
-from .core.errors import UserError
 from .core.io import atomic_path, load_image, load_mask, read_json, voc_palette
-from .core.runs import DATASET_INDEX, MANIFEST, Run
+from .core.runs import Run, Stage
 from .data.index import DatasetIndex, Sample
-from .evaluate import percent
+from .results import percent
 
 OVERLAY_ALPHA = 0.6
 THUMBNAIL_SIZE = 256  # longest side of each picture on the page, to keep the file small
@@ -41,45 +40,34 @@ img { display: block; min-width: 128px; image-rendering: pixelated; }
 """
 
 
-@dataclass
-class ReportConfig:
-    split: str = "train"
-    num_samples: int = 12
-    seed: int = 0
+def report(run: Run, config: ReportConfig, *, force: bool = False) -> dict:
+    """Write the run's report page; skipped when up to date (see `Run.execute`) unless `force`.
 
-
-def build_report(run: Run, config: ReportConfig, cam_file: Path | None, mask_dir: Path | None,
-                 prediction_dir: Path | None) -> Path:
-    """Write `report.html` in the run folder and return its path.
-
-    Artifacts that are given must exist; an image missing from one of them is shown as "–".
-    """
-    if config.num_samples < 0:
-        raise UserError(f"the number of samples must be 0 or more, got {config.num_samples}")
-    for directory in (mask_dir, prediction_dir):
-        if directory is not None and not directory.is_dir():
-            raise UserError(f"mask folder not found: {directory}")
-    output = run.path("report.html")
+    It shows the split's CAMs, the mask set `config.pseudo` and the predictions of segmenter `config.segment`
+    where the run has them; an image missing from one of them is shown as "–"."""
     index = run.dataset()
-    manifest = run.manifest()
-    eval_files = sorted(run.path("eval").glob("*.json"))
-    results = [read_json(path, "evaluation result") for path in eval_files]
+    cam_file, mask_dir, prediction_dir = (artifact.path if artifact.exists() else None for artifact in (
+        run.cams(config.split), run.pseudo(config.pseudo), run.predictions(config.segment, config.split)))
+    eval_files = sorted(run.eval_dir.glob("*.json"))
     samples = _choose_samples(index, config)
-    with run.stage("report", asdict(config)) as record:
+    output = run.report
+
+    def work() -> dict:
+        results = [read_json(path, "evaluation result") for path in eval_files]
         cams = CamReader(cam_file) if cam_file is not None else None
         try:
             rows = [_sample_row(sample, cams, mask_dir, prediction_dir) for sample in samples]
         finally:
             if cams is not None:
                 cams.close()
-        page = _page(run, index, config, results, manifest, rows)
+        page = _page(run, index, config, results, run.manifest(), rows)
         with atomic_path(output) as tmp:
             tmp.write_text(page, encoding="utf-8")
-        record.inputs += [run.path(DATASET_INDEX), run.path(MANIFEST), *eval_files]
-        record.inputs += [path for path in (cam_file, mask_dir, prediction_dir) if path is not None]
-        record.outputs.append(output)
-        record.metrics.update(num_samples=len(samples), num_results=len(results))
-    return output
+        return {"num_samples": len(samples), "num_results": len(results)}
+
+    inputs = [run.dataset_index.path, run.manifest_path, *eval_files,
+              *(path for path in (cam_file, mask_dir, prediction_dir) if path is not None)]
+    return run.execute(Stage("report", config, inputs, [output], work), force)
 
 
 def _choose_samples(index: DatasetIndex, config: ReportConfig) -> list[Sample]:

@@ -9,7 +9,7 @@ from stages.core.camstore import CamReader, CamWriter
 from stages.core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from stages.core.errors import UserError
 from stages.core.io import atomic_path, load_image, load_mask, save_mask, write_json, read_json
-from stages.core.runs import Run
+from stages.core.runs import Run, Stage
 from stages.data.index import DatasetIndex, Sample, check_sample_id
 from PIL import Image
 
@@ -137,17 +137,49 @@ def test_sample_ids_cannot_escape_folders(bad):
 
 def test_manifest_records_successful_stages_only(tmp_path):
     run = Run(tmp_path)
-    with run.stage("first", {"a": 1}) as record:
-        record.outputs.append(tmp_path / "out.txt")
-        record.metrics["x"] = 0.5
+
+    def write() -> dict:
+        (tmp_path / "out.txt").write_text("x")
+        return {"x": 0.5}
+
+    def fail() -> dict:
+        raise ValueError("failed")
+
+    assert run.execute(Stage("first", {"a": 1}, [], [tmp_path / "out.txt"], write)) == {"x": 0.5}
     with pytest.raises(ValueError):
-        with run.stage("second", {}):
-            raise ValueError("failed")
+        run.execute(Stage("second", {}, [], [], fail))
     stages = run.manifest()["stages"]
     assert list(stages) == ["first"]
     assert stages["first"]["outputs"] == ["out.txt"] and stages["first"]["metrics"] == {"x": 0.5}
     with pytest.raises(UserError, match="wsss data synth"):
         run.dataset()
+
+
+def test_an_up_to_date_stage_is_skipped_and_a_changed_input_or_output_runs_it_again(tmp_path, capsys):
+    run = Run(tmp_path)
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("a")
+    calls = []
+
+    def copy() -> dict:
+        calls.append(1)
+        output.write_text(source.read_text())
+        return {"runs": len(calls)}
+
+    def stage(config: dict) -> Stage:
+        return Stage("copy", config, [source], [output], copy)
+
+    assert run.execute(stage({"k": 1})) == {"runs": 1}
+    assert run.execute(stage({"k": 1})) == {"runs": 1} and len(calls) == 1  # skipped, recorded metrics
+    assert "copy: up to date" in capsys.readouterr().err
+    assert run.execute(stage({"k": 1, "workers": 8})) == {"runs": 1}  # execution-only keys do not count
+    assert run.execute(stage({"k": 2}))["runs"] == 2  # another config
+    source.write_text("b")
+    assert run.execute(stage({"k": 2}))["runs"] == 3  # a changed input
+    output.write_text("edited")
+    assert run.execute(stage({"k": 2}))["runs"] == 4  # an output changed by hand
+    assert run.execute(stage({"k": 2}), force=True)["runs"] == 5
+    assert output.read_text() == "b"
 
 
 def test_mask_size_check_names_the_file(tmp_path):

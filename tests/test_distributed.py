@@ -167,11 +167,12 @@ def test_two_processes_segment_and_predict_every_image_once(runs):
 
 def segmenter_step(procs: Processes, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
     """One DDP step's gradients of the segmenter training method on this process's share of the batch."""
+    from stages.config import SegModelConfig
     from stages.core.device import seed_everything
     from stages.core.distributed import synchronise_batchnorm
     from stages.core.training import distributed
     from stages.methods import build_segment_method
-    from stages.models.deeplab import DeepLab, SegModelConfig
+    from stages.models.deeplab import DeepLab
 
     seed_everything(0)
     method = build_segment_method("deeplab", {}, "", {}, DeepLab(SegModelConfig(), 3), 3, 1)

@@ -88,10 +88,30 @@ def test_predictions_and_evaluations_exist(run_dir):
         prediction = load_mask(run_dir / "segment" / "gt" / "pred_val" / f"{sample.id}.png")
         assert prediction.max() < len(index.class_names)
     for name in ("cams_train", "pseudo-none_train", "pseudo-crf_train", "segment-pseudo-crf_val", "segment-gt_val"):
-        result = json.loads((run_dir / "eval" / f"{name}.json").read_text())
-        assert 0 <= result["miou"] <= 1, name
-    curve = json.loads((run_dir / "eval" / "cams_train.json").read_text())["curve"]
-    assert len(curve) == 61 and curve[0][0] == 0.0
+        assert (run_dir / "eval" / f"{name}.json").is_file(), name
+    cams = json.loads((run_dir / "eval" / "cams_train.json").read_text())
+    assert len(cams["curve"]) == 61 and cams["curve"][0][0] == 0.0
+    best_threshold, best_miou = max(cams["curve"], key=lambda point: point[1])
+    assert (cams["best_threshold"], cams["miou"]) == (best_threshold, pytest.approx(best_miou))
+
+
+@pytest.mark.parametrize("name, folder, split", [("pseudo-crf_train", "pseudo/crf", "train"),
+                                                 ("segment-pseudo-crf_val", "segment/pseudo-crf/pred_val", "val"),
+                                                 ("segment-gt_val", "segment/gt/pred_val", "val")])
+def test_mask_evaluations_count_the_masks_on_disk(run_dir, name, folder, split):
+    """The confusion matrix and mIoU of an evaluation, recounted from its masks and the ground truth."""
+    index = DatasetIndex.load(run_dir / "dataset.json")
+    classes = len(index.class_names)
+    counts = np.zeros((classes, classes), np.int64)
+    for sample in index.split(split):
+        gt, pred = load_mask(sample.mask).ravel(), load_mask(run_dir / folder / f"{sample.id}.png").ravel()
+        pred = np.where(pred == 255, 0, pred)  # uncertain counts as background
+        labelled = gt != 255
+        counts += np.bincount(gt[labelled] * classes + pred[labelled], minlength=classes**2).reshape(classes, classes)
+    result = json.loads((run_dir / "eval" / f"{name}.json").read_text())
+    assert result["confusion"] == counts.tolist()
+    union = counts.sum(0) + counts.sum(1) - np.diag(counts)
+    assert result["miou"] == pytest.approx(np.mean(np.diag(counts)[union > 0] / union[union > 0]))
 
 
 def test_report_and_summary(run_dir):
@@ -195,7 +215,9 @@ def test_seam_with_ppc_trains_and_saves_no_projection_head(run_dir, tmp_path):
 
 
 def test_memory_methods_save_the_plain_segmenter_and_mcic_writes_its_seeds(run_dir):
-    from stages.segment import load_segmenter
+    from stages.config import SegModelConfig
+    from stages.core.checkpoint import load_checkpoint, load_state, model_config
+    from stages.models.deeplab import DeepLab
 
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     index = DatasetIndex.load(run_dir / "dataset.json")
@@ -203,7 +225,9 @@ def test_memory_methods_save_the_plain_segmenter_and_mcic_writes_its_seeds(run_d
         checkpoint = torch.load(run_dir / "segment" / tag / "checkpoint.pt", weights_only=True)
         assert not any(k.startswith(("contrast", "projection", "attention", "classifier.weight_cam"))
                        for k in checkpoint["state_dict"])
-        load_segmenter(run_dir / "segment" / tag / "checkpoint.pt", len(index.class_names))  # loads as a DeepLab
+        path = run_dir / "segment" / tag / "checkpoint.pt"
+        payload = load_checkpoint(path, "segmenter")
+        load_state(DeepLab(model_config(SegModelConfig, payload, path), len(index.class_names)), payload, path)
         assert 0 <= stages[f"evaluate/segment-{tag}_val"]["metrics"]["miou"] <= 1
     assert "contrast" in stages["segment/pseudo-crf-memory"]["config"]
     seeds = sorted((run_dir / "pseudo" / "mcic").glob("*.png"))
@@ -212,4 +236,6 @@ def test_memory_methods_save_the_plain_segmenter_and_mcic_writes_its_seeds(run_d
     seed = load_mask(run_dir / "pseudo" / "mcic" / f"{first.id}.png")
     assert seed.shape == np.asarray(Image.open(first.image)).shape[:2]
     assert set(np.unique(seed).tolist()) <= set(first.labels) | {0, 255}
-    assert stages["pseudo-label/mcic"]["inputs"][0] == "segment/mcic/checkpoint.pt"
+    # The seeds are the segment stage's output, recorded under its key, not under pseudo-label's.
+    assert {"segment/mcic/checkpoint.pt", "pseudo/mcic"} <= set(stages["segment/mcic"]["outputs"])
+    assert "pseudo-label/mcic" not in stages

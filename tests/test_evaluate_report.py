@@ -9,10 +9,13 @@ from PIL import Image
 from stages.core.camstore import CamWriter
 from stages.core.errors import UserError
 from stages.core.io import save_mask
+from stages.config import EvaluateConfig, ReportConfig
+from stages.core.io import read_json
 from stages.core.runs import Run
 from stages.data.index import DatasetIndex, Sample
-from stages.evaluate import EvaluateConfig, evaluate_cams, evaluate_masks, per_class_table, results_table
-from stages.report import ReportConfig, build_report, jet
+from stages.evaluate import evaluate, labelled_samples, score_cams
+from stages.report import jet, report
+from stages.results import per_class_table, results_table
 
 # The last class name checks that the report escapes what it writes into HTML.
 CLASS_NAMES = ["background", "a", "b<i>"]
@@ -69,6 +72,12 @@ def write_masks(folder: Path, masks: dict[str, np.ndarray]) -> None:
         save_mask(folder / f"{sample_id}.png", mask)
 
 
+def evaluated(run: Run, target: str, split: str = "train") -> dict:
+    """`wsss evaluate TARGET`'s result, as written to the run's eval/ folder."""
+    evaluate(run, EvaluateConfig(target=target, split=split))
+    return read_json(run.eval(run.evaluation_target(target, split)[1]))
+
+
 def perturbed_masks() -> dict[str, np.ndarray]:
     """gt with 8 class-1 pixels of img2 predicted as class 2 and 4 class-1 pixels of img0 uncertain (255)."""
     masks = ground_truth_masks()
@@ -81,43 +90,45 @@ def test_perfect_cams_score_one_at_every_threshold(run):
     cam_file = run.path("cams", "train.h5")
     write_perfect_cams(cam_file)
     calls = []
-    result = evaluate_cams(run, cam_file, EvaluateConfig(), "cam", progress=calls.append)
+    index = run.dataset()
+    score_cams(index, labelled_samples(index, "train"), cam_file, EvaluateConfig(), progress=calls.append)
     assert calls == [1, 1, 1]
+    result = evaluated(run, "cams")
     assert result["kind"] == "cam" and result["num_images"] == 3 and result["split"] == "train"
     assert result["miou"] == 1.0 and result["best_threshold"] == 0.0
     assert len(result["curve"]) == 61 and all(miou == 1.0 for _, miou in result["curve"])
     assert result["per_class"]["b<i>"] == {"iou": 1.0, "precision": 1.0, "recall": 1.0}
-    assert json.loads(run.path("eval", "cam.json").read_text()) == result
-    stage = run.manifest()["stages"]["evaluate/cam"]
+    assert json.loads(run.path("eval", "cams_train.json").read_text()) == result
+    stage = run.manifest()["stages"]["evaluate/cams_train"]
     assert stage["metrics"]["miou"] == 1.0
-    assert stage["outputs"] == ["eval/cam.json"] and "cams/train.h5" in stage["inputs"]
+    assert stage["outputs"] == ["eval/cams_train.json"] and "cams/train.h5" in stage["inputs"]
 
 
 def test_missing_cam_names_the_image_and_the_file(run):
     cam_file = run.path("cams", "train.h5")
     write_perfect_cams(cam_file, skip="img1")
     with pytest.raises(UserError, match=r"img1.*train\.h5"):
-        evaluate_cams(run, cam_file, EvaluateConfig(), "cam")
-    assert "evaluate/cam" not in run.manifest()["stages"]
-    assert not run.path("eval", "cam.json").exists()
+        evaluated(run, "cams")
+    assert "evaluate/cams_train" not in run.manifest()["stages"]
+    assert not run.path("eval", "cams_train.json").exists()
 
 
 def test_missing_cam_file(run):
-    with pytest.raises(UserError, match="CAM file not found"):
-        evaluate_cams(run, run.path("nothing.h5"), EvaluateConfig(), "cam")
+    with pytest.raises(UserError, match=r"missing input .*train\.h5: run `wsss infer-cam --split train` first"):
+        evaluated(run, "cams")
 
 
 def test_masks_identical_to_ground_truth_score_one(run):
-    write_masks(run.path("pseudo"), ground_truth_masks())
-    result = evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+    write_masks(run.pseudo("crf").path, ground_truth_masks())
+    result = evaluated(run, "pseudo/crf")
     assert result["kind"] == "masks"
     assert result["miou"] == 1.0 and result["miou_confident"] == 1.0 and result["coverage"] == 1.0
     assert "best_threshold" not in result
 
 
 def test_perturbed_masks_by_hand(run):
-    write_masks(run.path("pseudo"), perturbed_masks())
-    result = evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+    write_masks(run.pseudo("crf").path, perturbed_masks())
+    result = evaluated(run, "pseudo/crf")
     # Uncertain pixels count as background. Class 0: tp 72, gt 72, pred 76. Class 1: tp 36, gt 48, pred 36.
     # Class 2: tp 64, gt 64, pred 72.
     expected = (Fraction(72, 76) + Fraction(36, 48) + Fraction(64, 72)) / 3
@@ -129,41 +140,42 @@ def test_perturbed_masks_by_hand(run):
     confident = (1 + Fraction(36, 44) + Fraction(64, 72)) / 3
     assert result["miou_confident"] == pytest.approx(float(confident))
     assert result["coverage"] == pytest.approx(180 / 184)
-    assert run.manifest()["stages"]["evaluate/pseudo"]["metrics"]["coverage"] == pytest.approx(180 / 184)
+    assert run.manifest()["stages"]["evaluate/pseudo-crf_train"]["metrics"]["coverage"] == pytest.approx(180 / 184)
 
 
 def test_missing_mask_file_is_named(run):
     masks = ground_truth_masks()
     del masks["img2"]
-    write_masks(run.path("pseudo"), masks)
-    with pytest.raises(UserError, match=r"pseudo/img2\.png"):
-        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+    write_masks(run.pseudo("crf").path, masks)
+    with pytest.raises(UserError, match=r"pseudo/crf/img2\.png"):
+        evaluated(run, "pseudo/crf")
 
 
 def test_mask_of_the_wrong_size(run):
     masks = ground_truth_masks()
     masks["img1"] = np.zeros((4, 4), np.uint8)
-    write_masks(run.path("pseudo"), masks)
+    write_masks(run.pseudo("crf").path, masks)
     with pytest.raises(UserError, match="img1"):
-        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+        evaluated(run, "pseudo/crf")
 
 
 def test_split_without_ground_truth(run):
     with pytest.raises(UserError, match="split 'test' has no ground-truth masks"):
-        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(split="test"), "pseudo")
+        evaluated(run, "pseudo/crf", split="test")
 
 
 def test_evaluation_name_must_be_a_plain_name(run):
+    (run.root / ".hidden").mkdir()
     with pytest.raises(UserError, match="invalid evaluation name"):
-        evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "../escape")
+        evaluated(run, str(run.root / ".hidden"))
 
 
 def test_tables_list_results(run):
     cam_file = run.path("cams", "train.h5")
     write_perfect_cams(cam_file)
-    write_masks(run.path("pseudo"), perturbed_masks())
-    results = [evaluate_cams(run, cam_file, EvaluateConfig(), "cam"),
-               evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")]
+    write_masks(run.pseudo("crf").path, perturbed_masks())
+    results = [evaluated(run, "cams"),
+               evaluated(run, "pseudo/crf")]
     table = results_table(results)
     assert table.row_count == 2
     assert list(table.columns[4].cells) == ["100.0", "86.2"]
@@ -179,16 +191,15 @@ def test_jet_runs_from_blue_to_red():
 def test_report(run):
     cam_file = run.path("cams", "train.h5")
     write_perfect_cams(cam_file)
-    write_masks(run.path("pseudo"), perturbed_masks())
-    evaluate_cams(run, cam_file, EvaluateConfig(), "cam")
-    evaluate_masks(run, run.path("pseudo"), EvaluateConfig(), "pseudo")
+    write_masks(run.pseudo("crf").path, perturbed_masks())
+    evaluated(run, "cams")
+    evaluated(run, "pseudo/crf")
     predictions = ground_truth_masks()
     del predictions["img1"]
-    write_masks(run.path("predictions"), predictions)
+    write_masks(run.predictions("pseudo-crf", "train").path, predictions)
 
-    path = build_report(run, ReportConfig(num_samples=10), cam_file, run.path("pseudo"), run.path("predictions"))
-    assert path == run.path("report.html")
-    page = path.read_text()
+    report(run, ReportConfig(num_samples=10))
+    page = run.path("report.html").read_text()
     for sample_id in ground_truth_masks():
         assert f">{sample_id}<" in page
     for text in ("cam", "pseudo", "mIoU %", "evaluate/cam", "<polyline", "data:image/png;base64,"):
@@ -203,16 +214,18 @@ def test_report(run):
 
 def test_report_without_artifacts_is_deterministic(run):
     config = ReportConfig(num_samples=2, seed=3)
-    first = build_report(run, config, None, None, None).read_text()
+    report(run, config)
+    first = run.report.read_text()
     assert first.count("data:image/png;base64,") == 4  # image and ground truth of two samples
     assert first.count('<td class="missing">') == 6
     assert "No evaluation results yet" in first
     chosen = [sample_id for sample_id in ground_truth_masks() if f">{sample_id}<" in first]
     assert len(chosen) == 2
-    second = build_report(run, config, None, None, None).read_text()
+    report(run, config, force=True)
+    second = run.report.read_text()
     assert [sample_id for sample_id in ground_truth_masks() if f">{sample_id}<" in second] == chosen
 
 
-def test_report_refuses_a_missing_folder(run):
-    with pytest.raises(UserError, match="not found"):
-        build_report(run, ReportConfig(), None, run.path("nowhere"), None)
+def test_report_refuses_a_negative_number_of_samples():
+    with pytest.raises(UserError, match="0 or more"):
+        ReportConfig(num_samples=-1)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from stages.config import CamModelConfig
 from stages.core.errors import UserError
-from stages.methods import CamModelConfig, build_cam_model
+from stages.methods import build_cam_model
 from stages.methods.l2g import (align_global_map, attention_targets, crop_views, local_view_boxes, shape_targets,
                                 transfer_loss)
 

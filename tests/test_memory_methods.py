@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stages.config import SegModelConfig
 from stages.core.io import IGNORE_INDEX
 from stages.methods.mcic import (ContextAttention, McicOptions, McicTrainer, cam_seeds, context_seeds, frozen,
                                  fuse_seeds, rampup)
 from stages.methods.memory import ClassQueue, PixelSegmentMemory
 from stages.methods.pixel_contrast import MemoryContrastOptions, MemoryPixelContrast, memory_contrast, sample_anchors
-from stages.models.deeplab import DeepLab, SegModelConfig
+from stages.models.deeplab import DeepLab
 
 I = IGNORE_INDEX
 

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from stages.config import CamModelConfig
 from stages.core.checkpoint import save_checkpoint
 from stages.core.errors import UserError
-from stages.methods import CamModelConfig, build_cam_model
-from stages.pseudo_label import PseudoLabelConfig, make_pseudo_mask
+from stages.methods import build_cam_model
+from stages.config import PseudoLabelConfig
+from stages.pseudo_label import make_pseudo_mask
 from stages.refine import ImageItem, RefineInputs, parse_refinements
+from stages.refine.crf import DenseCrf
 from stages.refine.pcm import PcmRefinement
 
 CLASSES = ["background", "a", "b"]
@@ -51,7 +54,7 @@ def test_pcm_needs_a_checkpoint_with_a_pcm(tmp_path):
 
 def test_pcm_then_crf_in_a_pseudo_mask(tmp_path):
     refinements = parse_refinements("pcm,crf", RefineInputs(checkpoint=checkpoint_of("seam", tmp_path / "seam.pt")))
-    assert [r.name for r in refinements] == ["pcm", "crf"]
+    assert [type(r) for r in refinements] == [PcmRefinement, DenseCrf]
     image = np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     cams = np.zeros((1, 32, 32), dtype=np.float32)
     cams[0, 8:24, 8:24] = 0.9

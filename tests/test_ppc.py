@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stages.config import CamModelConfig
 from stages.core.errors import UserError
-from stages.methods import CamModelConfig, build_aux_loss, build_cam_model
+from stages.methods import build_aux_loss, build_cam_model
 from stages.methods.ppc import (PixelPrototypeContrast, PpcOptions, class_scores, contrast, estimate_prototypes,
                                 prototype_confidence, sample_pixels, semi_hard_negatives)
 from stages.methods.views import TrainingViews, ViewMaps

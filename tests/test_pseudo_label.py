@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from stages.core.errors import UserError
-from stages.pseudo_label import PseudoLabelConfig, make_pseudo_mask
+from stages.config import PseudoLabelConfig
+from stages.pseudo_label import make_pseudo_mask
 from stages.refine import ImageItem, parse_refinements
 from stages.refine.crf import CrfParams, DenseCrf, crf_from_labels, crf_from_probabilities
 
@@ -63,7 +64,7 @@ def test_crf_refinement_in_pseudo_masks_keeps_class_ids():
 
 def test_parse_refinements():
     assert parse_refinements("none") == []
-    assert [r.name for r in parse_refinements("crf")] == ["crf"]
+    assert [type(r) for r in parse_refinements("crf")] == [DenseCrf]
     with pytest.raises(UserError, match="unknown refinement magic"):
         parse_refinements("crf,magic")
     with pytest.raises(UserError, match="twice"):
@@ -71,8 +72,8 @@ def test_parse_refinements():
 
 
 def test_saliency_background_makes_non_salient_pixels_background(tmp_path):
-    from stages.data.saliency import save_saliency
-    from stages.refine.saliency import SaliencyBackground
+    from stages.data.saliency_maps import save_saliency
+    from stages.refine.saliency_background import SaliencyBackground
 
     # Four pixels: non-salient with a strong CAM; salient with CAM above fg, between the thresholds, below bg.
     save_saliency(tmp_path / "a.png", np.array([[0.1, 0.9, 0.9, 0.9]], dtype=np.float32))

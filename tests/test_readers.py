@@ -330,7 +330,7 @@ def test_augment_moves_the_saliency_map_with_the_image():
 def test_split_dataset_marks_images_without_a_saliency_map(tmp_path):
     from stages.data.index import Sample
     from stages.data.loading import SplitDataset
-    from stages.data.saliency import save_saliency
+    from stages.data.saliency_maps import save_saliency
 
     samples = []
     for name in ("with", "without"):

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from stages.core.errors import UserError
-from stages.data.saliency import (
+from stages.data.saliency_maps import (
     DirectorySaliency,
     MinimumBarrierSaliency,
     _barrier_distance,

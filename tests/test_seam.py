@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
+from stages.config import CamModelConfig
 from stages.core.errors import UserError
-from stages.methods import CamModelConfig
+from stages.methods.common import apply_affinity, max_norm
 from stages.methods.seam import (
     SeamCam,
     SeamOptions,
     add_background,
-    apply_affinity,
     cross_view_losses,
     ecr_term,
     min_pooling_loss,
@@ -161,8 +161,6 @@ def test_ecr_sums_both_directions_in_cross_view_losses():
     refined1, refined2 = torch.rand(2, 3, 3, 3), torch.rand(2, 3, 3, 3)
     labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     losses = cross_view_losses(raw1, refined1, raw2, refined2, labels, lambda x: x, 0.2)
-    from stages.methods.seam import max_norm
-
     fg, everything = labels[:, :, None, None], torch.cat([torch.ones(2, 1), labels], 1)[:, :, None, None]
     one_way = ecr_term(add_background(max_norm(raw2) * fg), max_norm(refined1) * everything, 0.2)
     other_way = ecr_term(add_background(max_norm(raw1) * fg), max_norm(refined2) * everything, 0.2)
@@ -243,12 +241,13 @@ def test_loss_weights_scale_the_terms():
     assert weighted["rvmin"].item() == 0.0
 
 
-def test_built_by_the_registry_with_options(monkeypatch):
+def test_built_by_the_registry_with_options():
     from stages.methods import CAM_METHODS, build_cam_model
 
-    monkeypatch.setitem(CAM_METHODS, "seam", SeamCam)
+    assert CAM_METHODS.get("seam") is SeamCam
     model = build_cam_model("seam", CamModelConfig("resnet10", 16), 2,
                             {"transform": "flip", "ecr_top_fraction": "0.1", "pcm_channels": "8,16", "pcm_dim": "32"})
+    assert type(model) is SeamCam
     assert model.options == SeamOptions(transform="flip", ecr_top_fraction=0.1, pcm_channels=(8, 16), pcm_dim=32)
     assert model.pcm_embed.weight.shape == (32, 3 + 24, 1, 1)
     with pytest.raises(UserError, match="has no option 'alpha'"):

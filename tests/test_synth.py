@@ -15,7 +15,6 @@ from stages.data.synth import (
     class_names,
     generate,
     load_index,
-    render_image,
     render_scene,
 )
 
@@ -62,7 +61,7 @@ def test_index_labels_equal_mask_values(tmp_path):
             assert mask.max() <= 8
             assert sample.labels == tuple(int(value) for value in np.unique(mask) if value != 0)
             assert len(sample.labels) >= 1
-            assert np.array_equal(mask, render_image(SMALL, split, number)[1])
+            assert np.array_equal(mask, render_scene(SMALL, split, number).mask)
 
 
 def test_every_object_stays_identifiable(scenes):

@@ -12,14 +12,16 @@ import pytest
 import torch.nn.functional as F
 
 import stages.models.multiscale as multiscale
+from stages.config import SegModelConfig
 from stages.core.distributed import processes
 from stages.core.io import load_image, load_mask
 from stages.data.index import Sample
 from stages.data.loading import normalize
-from stages.models.deeplab import DeepLab, SegModelConfig
+from stages.models.deeplab import DeepLab
 from stages.refine import ImageItem
 from stages.refine.crf import CrfParams, DenseCrf, crf_from_labels, crf_from_probabilities
-from stages.segment import POSTPROCESS_CRF, SegmentConfig, _multi_scale_softmax, predict
+from stages.config import SegmentConfig
+from stages.segment import POSTPROCESS_CRF, _multi_scale_softmax, predict
 
 
 def _images(tmp_path, count: int, size: int = 32) -> list[Sample]:
@@ -67,7 +69,7 @@ def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
     config = SegmentConfig(batch_size=2, workers=1, crf=True, device="cpu", amp=False)
     out_dir = tmp_path / "masks"
     out_dir.mkdir()
-    predict(model, samples, out_dir, config, torch.device("cpu"), processes(), tmp_path / "0.png")
+    predict(model, samples, out_dir, set(), config, torch.device("cpu"), processes())
     for sample in samples:
         image = load_image(sample.image)
         probabilities = _multi_scale_softmax(model, normalize(image)[None], config, torch.device("cpu"))[0]

@@ -11,14 +11,16 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from stages.config import (CamModelConfig, EvaluateConfig, FolderDataConfig, InferCamConfig, PseudoLabelConfig,
+                           ReportConfig, SaliencyConfig, SegModelConfig, SegmentConfig, SynthDataConfig,
+                           TrainCamConfig, VocDataConfig)
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
-from stages.infer_cam import InferCamConfig
-from stages.methods import AUX_LOSSES, CAM_METHODS, SEGMENT_CONTRASTS
-from stages.pseudo_label import PseudoLabelConfig
-from stages.saliency import SaliencyConfig
-from stages.segment import SegmentConfig
-from stages.train_cam import TrainCamConfig
+from stages.registry import CAM_ADDONS, CAM_METHODS, REFINEMENTS, SALIENCY_SOURCES, SEGMENT_CONTRASTS, SEGMENT_METHODS
+
+from .options import (DEFAULT_RUN, AmpOption, DeviceOption, ForceOption, ResumeOption, RunOption, SeedOption,
+                      SkipBadOption, VerifyOption, WorkersOption, floats, ints, joined, key_values, names, pair,
+                      training_options)
 
 app = typer.Typer(
     help="Weakly supervised semantic segmentation: image labels → CAMs → pseudo masks → segmenter → mIoU.",
@@ -29,27 +31,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Make or read a dataset and write the run's dataset index.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-RunOption = Annotated[Path, typer.Option("--run", help="Run folder: where stages read inputs and write outputs.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-AmpOption = Annotated[bool, typer.Option(help="Mixed precision: float16 on CUDA, bfloat16 on CPUs with native "
-                                               "bf16, else off.")]
-SeedOption = Annotated[int, typer.Option(help="Random seed.")]
-WorkersOption = Annotated[int, typer.Option(min=0, help="Worker processes for loading / CPU-bound work.")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Run even if the manifest says the outputs are up to date "
-                                                         "(same config, inputs unchanged).")]
-ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the training state of the last finished "
-                                                           "epoch (same config needed); the result equals an "
-                                                           "uninterrupted run's.")]
-SyncBnOption = Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global "
-                                                            "batch instead of each process's share.")]
-DEFAULT_RUN = Path("runs/default")
 # Option defaults come from the stage configs, so the CLI and the Python API cannot disagree.
 SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
-SALIENCY = SaliencyConfig()
-
-
-def joined(values) -> str:
-    return ",".join(str(v) for v in values)
+SALIENCY, EVALUATE, REPORT, VOC, FOLDER = SaliencyConfig(), EvaluateConfig(), ReportConfig(), VocDataConfig(), FolderDataConfig()
 
 
 def user_message(error: UserError) -> str:
@@ -93,45 +77,6 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"{option} takes comma-separated numbers, got {text!r}") from None
-
-
-def ints(text: str, option: str) -> tuple[int, ...]:
-    values = floats(text, option)
-    if any(v != int(v) for v in values):
-        raise UserError(f"{option} takes comma-separated integers, got {text!r}")
-    return tuple(int(v) for v in values)
-
-
-def names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def pair(text: str, option: str) -> tuple[float, float]:
-    values = floats(text, option)
-    if len(values) != 2 or values[0] > values[1]:
-        raise UserError(f"{option} takes LOW,HIGH with LOW <= HIGH, got {text!r}")
-    return values
-
-
-def key_values(pairs: list[str], flag: str = "--option") -> dict[str, str]:
-    values = {}
-    for pair_text in pairs:
-        key, separator, value = pair_text.partition("=")
-        if not separator or not key.strip():
-            raise UserError(f"{flag} takes KEY=VALUE, got {pair_text!r}")
-        values[key.strip()] = value.strip()
-    return values
-
-
-def pretrained_value(text: str) -> str:
-    return text if text in ("none", "imagenet") else str(Path(text))
-
-
 # ----------------------------------------------------------------------------------------------- data
 @data_app.command("synth")
 @user_errors
@@ -158,21 +103,22 @@ def data_synth(
     noise_std: Annotated[float, typer.Option(help="Gaussian pixel noise (0-255 scale).")] = SYNTH.noise_std,
     jpeg_quality: Annotated[str, typer.Option(help="MIN,MAX JPEG quality.")] = joined(SYNTH.jpeg_quality),
     workers: WorkersOption = 2,
+    force: ForceOption = False,
 ):
     """Generate the synthetic benchmark (VOC layout, deterministic for a seed) and index it for the run."""
-    from stages.prepare_data import data_synth as run_stage
-    from stages.core.runs import Run
-
     low, high = ints(objects, "--objects")
     quality = ints(jpeg_quality, "--jpeg-quality")
-    config = SynthConfig(
+    synth = SynthConfig(
         seed=seed, num_train=num_train, num_val=num_val, image_size=image_size, num_classes=num_classes,
         objects_per_image=(low, high), two_class_prob=two_class_prob,
         object_scale=pair(object_scale, "--object-scale"), context_classes=names(context_classes),
         context_prob=context_prob, context_distractor_prob=context_distractor_prob, occluder_prob=occluder_prob,
         colour_jitter=colour_jitter, noise_std=noise_std, jpeg_quality=(quality[0], quality[-1]),
     )
-    run_stage(Run(run), config, out, max(workers, 1))
+    config = SynthDataConfig(synth=synth, out=str(out) if out else "", workers=workers)
+    from stages.prepare_data import data_synth as stage
+
+    stage(_run(run), config, force=force)
 
 
 @data_app.command("voc")
@@ -181,18 +127,17 @@ def data_voc(
     root: Annotated[Path, typer.Argument(help="VOC2012 folder, or a folder containing VOCdevkit/VOC2012.")],
     run: RunOption = DEFAULT_RUN,
     splits: Annotated[str, typer.Option(help="Split lists to read (ImageSets/Segmentation or SegmentationAug).")]
-    = "train_aug,train,val",
-    workers: WorkersOption = 8,
-    verify: Annotated[bool, typer.Option(help="Decode every image and mask once, so that a corrupt or mismatched "
-                                              "file stops indexing rather than training.")] = True,
-    skip_bad: Annotated[bool, typer.Option(help="Leave bad images out (listed in dataset.json's `skipped`) instead "
-                                                "of stopping at the first.")] = False,
+    = joined(VOC.splits),
+    workers: WorkersOption = VOC.workers,
+    verify: VerifyOption = VOC.verify,
+    skip_bad: SkipBadOption = VOC.skip_bad,
+    force: ForceOption = False,
 ):
     """Index PASCAL VOC 2012 (+ SBD SegmentationClassAug); image labels come from the masks (or XML)."""
-    from stages.core.runs import Run
-    from stages.prepare_data import data_voc as run_stage
+    config = VocDataConfig(root=str(root), splits=names(splits), verify=verify, skip_bad=skip_bad, workers=workers)
+    from stages.prepare_data import data_voc as stage
 
-    run_stage(Run(run), root, names(splits), max(workers, 1), verify=verify, skip_bad=skip_bad)
+    stage(_run(run), config, force=force)
 
 
 @data_app.command("folder")
@@ -201,43 +146,32 @@ def data_folder(
     root: Annotated[Path, typer.Argument(help="Folder with images/ (or images directly) and labels.csv|json.")],
     run: RunOption = DEFAULT_RUN,
     labels: Annotated[Optional[Path], typer.Option(help="Labels file (default ROOT/labels.csv or .json).")] = None,
-    workers: WorkersOption = 8,
-    verify: Annotated[bool, typer.Option(help="Decode every image and mask once, so that a corrupt or mismatched "
-                                              "file stops indexing rather than training.")] = True,
-    skip_bad: Annotated[bool, typer.Option(help="Leave bad images out (listed in dataset.json's `skipped`) instead "
-                                                "of stopping at the first.")] = False,
+    workers: WorkersOption = FOLDER.workers,
+    verify: VerifyOption = FOLDER.verify,
+    skip_bad: SkipBadOption = FOLDER.skip_bad,
+    force: ForceOption = False,
 ):
     """Index your own images: a CSV (id,labels[,split]) or JSON labels file; optional masks/ for evaluation."""
-    from stages.core.runs import Run
-    from stages.prepare_data import data_folder as run_stage
+    config = FolderDataConfig(root=str(root), labels=str(labels) if labels else "", verify=verify,
+                              skip_bad=skip_bad, workers=workers)
+    from stages.prepare_data import data_folder as stage
 
-    run_stage(Run(run), root, labels, max(workers, 1), verify=verify, skip_bad=skip_bad)
+    stage(_run(run), config, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- train-cam
 @app.command("train-cam")
 @user_errors
+@training_options(CAM, CAM.model)
 def train_cam(
     run: RunOption = DEFAULT_RUN,
-    method: Annotated[str, typer.Option(help="CAM method: " + ", ".join(CAM_METHODS) + ".")] = CAM.method,
+    method: Annotated[str, typer.Option(help="CAM method: " + CAM_METHODS.help() + ".")] = CAM.method,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", "-o", help="A method hyper-parameter KEY=VALUE (repeatable); see the method's Options.")] = None,
-    aux: Annotated[str, typer.Option(help="An add-on loss for two-view methods (seam, baseline): " + ", ".join(AUX_LOSSES)
-                                          + " (PPC, pixel-to-prototype contrast); '' for none.")] = CAM.aux,
+    aux: Annotated[str, typer.Option(help="An add-on loss for two-view methods: " + CAM_ADDONS.help()
+                                          + "; '' for none.")] = CAM.aux,
     aux_option: Annotated[Optional[list[str]], typer.Option(
         "--aux-option", help="An add-on hyper-parameter KEY=VALUE (repeatable), e.g. intra_weight=0.")] = None,
-    backbone: Annotated[str, typer.Option(help="resnet10, resnet18, resnet34, resnet50 or resnet101.")] = CAM.model.backbone,
-    output_stride: Annotated[int, typer.Option(help="Backbone output stride: 8, 16 or 32.")] = CAM.model.output_stride,
-    pretrained: Annotated[str, typer.Option(help="none, imagenet (torchvision weights) or a weights file.")] = CAM.model.pretrained,
-    epochs: Annotated[int, typer.Option(min=1)] = CAM.epochs,
-    batch_size: Annotated[int, typer.Option(min=1)] = CAM.batch_size,
-    lr: Annotated[float, typer.Option(help="Backbone learning rate (poly decay).")] = CAM.lr,
-    head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the new classifier.")] = CAM.head_lr_mult,
-    weight_decay: float = CAM.weight_decay,
-    base_size: Annotated[int, typer.Option(help="Long side the scale augmentation is relative to.")] = CAM.base_size,
-    crop_size: Annotated[int, typer.Option(help="Square training crop.")] = CAM.crop_size,
-    scale_range: Annotated[str, typer.Option(help="MIN,MAX random rescale of the long side.")] = joined(CAM.scale_range),
-    train_split: str = CAM.train_split,
     val_split: Annotated[str, typer.Option(help="Split for the per-epoch mAP / F1 ('' for none).")] = CAM.val_split,
     saliency: Annotated[str, typer.Option(help="Saliency maps (<id>.png) for methods that use them (L2G shape "
                                                "transfer); default: RUN/saliency from `wsss saliency`.")] = CAM.saliency_dir,
@@ -245,31 +179,22 @@ def train_cam(
                                                               "same as -o local_backbone=NAME.")] = None,
     local_views: Annotated[Optional[int], typer.Option(min=1, help="L2G: local views per image (default 6); same as "
                                                                    "-o local_views=N.")] = None,
-    sync_bn: SyncBnOption = CAM.sync_bn,
     resume: ResumeOption = False,
     force: ForceOption = False,
-    workers: WorkersOption = CAM.workers,
-    device: DeviceOption = "auto",
-    amp: AmpOption = True,
-    seed: SeedOption = 0,
+    training: dict = None,
+    backbone: dict = None,
 ):
-    """Train the classifier (1x1 conv without bias + GAP + multilabel soft-margin loss) whose CAMs seed the rest."""
-    from stages.core.runs import Run
-    from stages.methods import CamModelConfig
-    from stages.train_cam import train_cam as run_stage
-
-    method_options = key_values(option or [])
+    """Train the classifier whose CAMs seed the rest (the method's network, GAP and a multilabel loss)."""
+    method_options = key_values(option)
     # Shortcuts for method options the L2G paper names; a method without them rejects them like any -o KEY.
     method_options.update({key: str(value) for key, value in
                            (("local_backbone", local_backbone), ("local_views", local_views)) if value is not None})
-    config = TrainCamConfig(
-        method=method, method_options=method_options, aux=aux, aux_options=key_values(aux_option or [], "--aux-option"),
-        saliency_dir=saliency, model=CamModelConfig(backbone, output_stride, pretrained_value(pretrained)),
-        train_split=train_split, val_split=val_split, epochs=epochs, batch_size=batch_size, sync_bn=sync_bn, lr=lr,
-        head_lr_mult=head_lr_mult, weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
-        scale_range=pair(scale_range, "--scale-range"), workers=workers, device=device, amp=amp, seed=seed,
-    )
-    run_stage(Run(run), config, resume=resume, force=force)
+    config = TrainCamConfig(method=method, method_options=method_options, aux=aux,
+                            aux_options=key_values(aux_option, "--aux-option"), saliency_dir=saliency,
+                            val_split=val_split, model=CamModelConfig(**backbone), **training)
+    from stages.train_cam import train_cam as stage
+
+    stage(_run(run), config, resume=resume, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- infer-cam
@@ -287,17 +212,16 @@ def infer_cam(
                                                       "missing part.")] = INFER.part_size,
     force: ForceOption = False,
     workers: WorkersOption = INFER.workers,
-    device: DeviceOption = "auto",
-    amp: AmpOption = True,
-    seed: SeedOption = 0,
+    device: DeviceOption = INFER.device,
+    amp: AmpOption = INFER.amp,
+    seed: SeedOption = INFER.seed,
 ):
     """Write multi-scale, flipped, per-class max-normalised CAMs of a split to RUN/cams/SPLIT.h5."""
-    from stages.core.runs import Run
-    from stages.infer_cam import infer_cam as run_stage
-
     config = InferCamConfig(split=split, scales=floats(scales, "--scales"), flip=flip, raw=raw, batch_size=batch_size,
                             part_size=part_size, workers=workers, device=device, amp=amp, seed=seed)
-    run_stage(Run(run), config, force=force)
+    from stages.infer_cam import infer_cam as stage
+
+    stage(_run(run), config, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- saliency
@@ -306,17 +230,17 @@ def infer_cam(
 def saliency(
     run: RunOption = DEFAULT_RUN,
     split: str = SALIENCY.split,
-    source: Annotated[str, typer.Option(help="mbd (built-in Minimum Barrier saliency, no weights needed) or a "
-                                             "directory of grayscale <id>.png maps (e.g. PoolNet's).")]
-    = SALIENCY.source,
+    source: Annotated[str, typer.Option(help=SALIENCY_SOURCES.help() + ", or a directory of grayscale <id>.png "
+                                             "maps (e.g. PoolNet's).")] = SALIENCY.source,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = SALIENCY.workers,
+    force: ForceOption = False,
 ):
     """Write saliency maps of a split to RUN/saliency/<id>.png and, where there is ground truth, their MAE and max
     F-measure against the ground-truth foreground. Used by L2G's shape transfer and `pseudo-label --refine saliency`."""
-    from stages.core.runs import Run
-    from stages.saliency import saliency as run_stage
+    config = SaliencyConfig(split=split, source=source, workers=workers)
+    from stages.saliency import saliency as stage
 
-    run_stage(Run(run), SaliencyConfig(split=split, source=source, workers=workers))
+    stage(_run(run), config, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- pseudo-label
@@ -325,9 +249,8 @@ def saliency(
 def pseudo_label(
     run: RunOption = DEFAULT_RUN,
     split: str = PSEUDO.split,
-    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements applied in order: saliency "
-                                              "(background from saliency maps), pcm (SEAM's PCM), crf (dense CRF).")]
-    = PSEUDO.refine,
+    refine: Annotated[str, typer.Option(help="none, or a comma list of refinements applied in order: "
+                                             + REFINEMENTS.help() + ".")] = PSEUDO.refine,
     pcm_checkpoint: Annotated[str, typer.Option(help="SEAM checkpoint for --refine pcm (default: the run's "
                                                      "cam/checkpoint.pt).")] = PSEUDO.pcm_checkpoint,
     saliency: Annotated[str, typer.Option(help="Saliency maps (<id>.png) for --refine saliency (default: "
@@ -346,13 +269,12 @@ def pseudo_label(
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = PSEUDO.workers,
 ):
     """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
-    from stages.core.runs import Run
-    from stages.pseudo_label import pseudo_label as run_stage
+    config = PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint, saliency_dir=saliency,
+                               saliency_threshold=saliency_threshold, fg_threshold=fg_threshold,
+                               bg_threshold=bg_threshold, raw=raw, name=name, workers=workers)
+    from stages.pseudo_label import pseudo_label as stage
 
-    run_stage(Run(run), PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
-                                          saliency_dir=saliency, saliency_threshold=saliency_threshold,
-                                          fg_threshold=fg_threshold, bg_threshold=bg_threshold, raw=raw,
-                                          name=name, workers=workers), force=force)
+    stage(_run(run), config, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- segment
@@ -363,84 +285,68 @@ class Labels(str, Enum):
 
 @app.command("segment")
 @user_errors
+@training_options(SEG, SEG.model)
 def segment(
     run: RunOption = DEFAULT_RUN,
-    method: Annotated[str, typer.Option(help="deeplab (trained on masks) or mcic (end to end from image labels and "
-                                             "saliency maps; also writes RUN/pseudo/mcic).")] = SEG.method,
+    method: Annotated[str, typer.Option(help="Segment method: " + SEGMENT_METHODS.help() + ".")] = SEG.method,
     option: Annotated[Optional[list[str]], typer.Option(
         "--option", "-o", help="A method hyper-parameter KEY=VALUE (repeatable); see the method's Options.")] = None,
-    contrast: Annotated[str, typer.Option(help="An add-on loss for mask training: " + ", ".join(SEGMENT_CONTRASTS)
-                                               + " (cross-image pixel contrast with memory banks); '' for none.")]
-    = SEG.contrast,
+    contrast: Annotated[str, typer.Option(help="An add-on loss for mask training: " + SEGMENT_CONTRASTS.help()
+                                               + "; '' for none.")] = SEG.contrast,
     contrast_option: Annotated[Optional[list[str]], typer.Option(
         "--contrast-option", help="A contrast hyper-parameter KEY=VALUE (repeatable), e.g. pixel_memory=1000.")]
     = None,
     saliency: Annotated[str, typer.Option(help="Saliency maps (<id>.png) for methods that use them (mcic); "
                                                "default: RUN/saliency from `wsss saliency`.")] = SEG.saliency_dir,
     labels: Annotated[Labels, typer.Option(help="pseudo masks, or gt for the fully supervised upper bound.")]
-    = Labels.pseudo,
-    pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with (+ -raw if made with --raw).")] = SEG.pseudo,
-    backbone: str = SEG.model.backbone,
-    output_stride: Annotated[int, typer.Option(help="8, 16 or 32.")] = SEG.model.output_stride,
-    pretrained: Annotated[str, typer.Option(help="none, imagenet or a weights file.")] = SEG.model.pretrained,
+    = Labels(SEG.labels),
+    pseudo: Annotated[str, typer.Option(help="Which pseudo masks: the --refine they were made with (+ -raw if made "
+                                             "with --raw), or their --name.")] = SEG.pseudo,
     aspp_rates: Annotated[str, typer.Option(help="ASPP dilation rates.")] = joined(SEG.model.aspp_rates),
-    epochs: Annotated[int, typer.Option(min=1)] = SEG.epochs,
-    batch_size: Annotated[int, typer.Option(min=1)] = SEG.batch_size,
-    lr: float = SEG.lr,
-    head_lr_mult: float = SEG.head_lr_mult,
-    weight_decay: float = SEG.weight_decay,
-    base_size: int = SEG.base_size,
-    crop_size: int = SEG.crop_size,
-    scale_range: str = joined(SEG.scale_range),
-    train_split: str = SEG.train_split,
     predict: Annotated[str, typer.Option(help="Splits to predict after training.")] = joined(SEG.predict_splits),
     test_scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = joined(SEG.test_scales),
     test_flip: Annotated[bool, typer.Option(help="Average with the flipped prediction.")] = SEG.test_flip,
     crf: Annotated[bool, typer.Option(help="Dense CRF post-processing (DeepLab settings).")] = SEG.crf,
-    sync_bn: SyncBnOption = SEG.sync_bn,
     resume: ResumeOption = False,
     force: ForceOption = False,
-    workers: WorkersOption = SEG.workers,
-    device: DeviceOption = "auto",
-    amp: AmpOption = True,
-    seed: SeedOption = 0,
+    training: dict = None,
+    backbone: dict = None,
 ):
     """Train a DeepLab segmenter on pseudo masks (or ground truth), or end to end with MCIC, and predict splits to
     RUN/segment/TAG/ (TAG: pseudo-REFINE or gt, + -memory with --contrast memory; mcic)."""
-    from stages.core.runs import Run
-    from stages.models.deeplab import SegModelConfig
-    from stages.segment import segment as run_stage
-
-    model = SegModelConfig(backbone=backbone, output_stride=output_stride, pretrained=pretrained_value(pretrained),
-                           aspp_rates=ints(aspp_rates, "--aspp-rates"))
     config = SegmentConfig(
-        method=method, method_options=key_values(option or []), contrast=contrast,
-        contrast_options=key_values(contrast_option or [], "--contrast-option"), saliency_dir=saliency,
-        labels=labels.value, pseudo=pseudo, model=model, train_split=train_split, predict_splits=names(predict),
-        epochs=epochs, batch_size=batch_size, sync_bn=sync_bn, lr=lr, head_lr_mult=head_lr_mult,
-        weight_decay=weight_decay, base_size=base_size, crop_size=crop_size,
-        scale_range=pair(scale_range, "--scale-range"), test_scales=floats(test_scales, "--test-scales"),
-        test_flip=test_flip, crf=crf, workers=workers, device=device, amp=amp, seed=seed,
+        method=method, method_options=key_values(option), contrast=contrast,
+        contrast_options=key_values(contrast_option, "--contrast-option"), saliency_dir=saliency,
+        labels=labels.value, pseudo=pseudo, model=SegModelConfig(**backbone, aspp_rates=ints(aspp_rates, "--aspp-rates")),
+        predict_splits=names(predict), test_scales=floats(test_scales, "--test-scales"), test_flip=test_flip, crf=crf,
+        **training,
     )
-    run_stage(Run(run), config, resume=resume, force=force)
+    from stages.segment import segment as stage
+
+    stage(_run(run), config, resume=resume, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
 @app.command("evaluate")
 @user_errors
 def evaluate(
-    target: Annotated[str, typer.Argument(help="cams, cams-raw, pseudo/REFINE, segment/TAG (e.g. segment/gt), or a folder "
-                                               "of predicted PNG masks.")],
+    target: Annotated[str, typer.Argument(help="cams, cams-raw, pseudo/SET (e.g. pseudo/crf), segment/TAG (e.g. "
+                                               "segment/gt), or a folder of predicted PNG masks.")],
     run: RunOption = DEFAULT_RUN,
-    split: str = "train",
+    split: str = EVALUATE.split,
     per_class: Annotated[bool, typer.Option(help="Also print per-class IoU / precision / recall.")] = False,
+    force: ForceOption = False,
 ):
     """mIoU, per-class IoU, precision and recall; for CAMs a background-threshold sweep. JSON in RUN/eval/."""
+    config = EvaluateConfig(target=target, split=split)
     from stages.core.console import console
-    from stages.core.runs import Run
-    from stages.evaluate import EvaluateConfig, evaluate_target, per_class_table, results_table
+    from stages.core.io import read_json
+    from stages.evaluate import evaluate as stage
+    from stages.results import per_class_table, results_table
 
-    result = evaluate_target(Run(run), target, EvaluateConfig(split=split))
+    the_run = _run(run)
+    stage(the_run, config, force=force)
+    result = read_json(the_run.eval(the_run.evaluation_target(target, split)[1]), "evaluation result")
     console.print(results_table([result]))
     if per_class:
         console.print(per_class_table(result))
@@ -451,31 +357,22 @@ def evaluate(
 @user_errors
 def report(
     run: RunOption = DEFAULT_RUN,
-    split: str = "train",
-    pseudo: Annotated[str, typer.Option(help="Pseudo masks to show (their --refine).")] = "crf",
-    segment_tag: Annotated[str, typer.Option("--segment", help="Segmenter whose predictions to show.")]
-    = "pseudo-crf",
-    samples: Annotated[int, typer.Option(min=1)] = 12,
-    seed: SeedOption = 0,
+    split: str = REPORT.split,
+    pseudo: Annotated[str, typer.Option(help="Pseudo masks to show (their set name, e.g. crf).")] = REPORT.pseudo,
+    segment_tag: Annotated[str, typer.Option("--segment", help="Segmenter whose predictions to show (its TAG).")]
+    = REPORT.segment,
+    samples: Annotated[int, typer.Option(min=1)] = REPORT.num_samples,
+    seed: SeedOption = REPORT.seed,
+    force: ForceOption = False,
 ):
     """Write RUN/report.html: metrics, timings and image | GT | CAM | pseudo mask | prediction overlays."""
+    config = ReportConfig(split=split, pseudo=pseudo, segment=segment_tag, num_samples=samples, seed=seed)
     from stages.core.console import console
-    from stages.core.runs import Run
-    from stages.core.camstore import cam_file_name
-    from stages.report import ReportConfig, build_report
+    from stages.report import report as stage
 
-    the_run = Run(run)
-
-    def existing(path: Path) -> Optional[Path]:
-        return path if path.exists() else None
-
-    path = build_report(
-        the_run, ReportConfig(split=split, num_samples=samples, seed=seed),
-        cam_file=existing(the_run.path(cam_file_name(split))),
-        mask_dir=existing(the_run.path("pseudo", pseudo.replace(",", "+"))),
-        prediction_dir=existing(the_run.path("segment", segment_tag, f"pred_{split}")),
-    )
-    console.print(f"report written to {path}")
+    the_run = _run(run)
+    stage(the_run, config, force=force)
+    console.print(f"report written to {the_run.report}")
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -484,11 +381,16 @@ def report(
 def summary(run: RunOption = DEFAULT_RUN):
     """Print the run's results and stage timings (from its manifest and RUN/eval/)."""
     from stages.core.console import console
-    from stages.core.runs import Run
-    from stages.summary import summary_tables
+    from stages.results import summary_tables
 
-    for table in summary_tables(Run(run)):
+    for table in summary_tables(_run(run)):
         console.print(table)
+
+
+def _run(folder: Path):
+    from stages.core.runs import Run
+
+    return Run(folder)
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -29,11 +29,6 @@ CAM_SCHEMA = "wsss.cams"
 CAM_SCHEMA_VERSION = 1
 
 
-def cam_file_name(split: str, raw: bool = False) -> str:
-    """Where a run keeps a split's CAMs, relative to the run folder (raw: a method's unrefined CAMs)."""
-    return f"cams/{split}-raw.h5" if raw else f"cams/{split}.h5"
-
-
 class CamWriter:
     """Collects CAMs into a temporary HDF5 file; `close()` renames it onto `path`, `abort()` deletes it."""
 

@@ -108,7 +108,7 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a label mask as (H, W) uint8. Palette PNGs give their indices; 'L' PNGs their values."""
-    image = _open(path, "mask")
+    image = open_image(path, "mask")
     if image.mode in SIXTEEN_BIT_MODES:
         raise UserError(f"mask {path} is a 16-bit image (mode {image.mode}): expected a palette or 8-bit "
                         "grayscale PNG")
@@ -119,7 +119,7 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB, whatever its mode on disk (grayscale, RGBA, CMYK, palette, 16-bit)."""
-    image = _open(path, "image")
+    image = open_image(path, "image")
     if image.mode in SIXTEEN_BIT_MODES:
         image = _scale_to_8_bit(image)
     if image.mode != "RGB":
@@ -134,7 +134,9 @@ def _scale_to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))  # uint8 (H, W): mode "L"
 
 
-def _open(path: str | os.PathLike, what: str) -> Image.Image:
+def open_image(path: str | os.PathLike, what: str) -> Image.Image:
+    """The image file at `path`, loaded, in its mode on disk; a missing or unreadable file is a one-line error
+    that calls it `what` ("mask", "saliency map")."""
     try:
         with Image.open(path) as image:
             image.load()

@@ -1,4 +1,4 @@
-"""The run folder: where every stage reads its inputs and writes its outputs, and its manifest.
+"""The run folder: its layout (`core.layout`), its manifest, and `Run.execute`, the one way a stage runs.
 
 `manifest.json` has one entry per stage invocation key (e.g. `train-cam`, `pseudo-label/crf`): the config,
 input and output paths with their fingerprints, start time, duration and metrics, so a reader can tell what
@@ -8,23 +8,21 @@ outputs as it left them. Then it is skipped (`--force` runs it anyway); otherwis
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 from .. import __version__
 from ..data.index import DatasetIndex
 from .console import console
 from .distributed import processes
-from .errors import UserError
 from .io import json_ready, read_json, write_json
+from .layout import Layout
+from .resumable import resumable_directory
 
-MANIFEST = "manifest.json"
-DATASET_INDEX = "dataset.json"
 # Config keys that change how a stage runs, not what it computes: they neither make a stage stale nor stop a resume.
 EXECUTION_ONLY = ("workers", "part_size")
 # Files up to this size are fingerprinted by content, larger ones (CAM files, checkpoints of big backbones) and
@@ -51,52 +49,82 @@ def fingerprint(path: str | Path) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def config_record(config: Any) -> dict[str, Any]:
+    """A stage's config (a dataclass or a dict) as JSON values, as the manifest records it."""
+    return json_ready(asdict(config) if is_dataclass(config) else config)
+
+
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """A config as the manifest stores it (JSON types), without the execution-only keys."""
     return {key: value for key, value in json_ready(config).items() if key not in EXECUTION_ONLY}
 
 
 @dataclass
-class StageRecord:
-    """What a stage fills in while it runs; written to the manifest only if the stage succeeds."""
+class Stage:
+    """What a stage hands to `Run.execute`: its manifest key (e.g. `train-cam`, `pseudo-label/crf`), its config,
+    the files it reads (fingerprinted as it starts: a change makes it stale), the files and folders it writes
+    (fingerprinted as it ends) and `work`, which writes them and returns the stage's metrics."""
 
     key: str
-    config: dict[str, Any]
-    inputs: list[str | Path] = field(default_factory=list)
-    outputs: list[str | Path] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    config: Any  # a config dataclass, or a dict of JSON values
+    inputs: list[Path]
+    outputs: list[Path]
+    work: Callable[[], dict[str, Any]]
 
 
-class Run:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
-    def require(self, relative: str | Path, hint: str) -> Path:
-        """The path of an input artifact, or a one-line error naming the stage that makes it."""
-        path = self.root / relative
-        if not path.exists():
-            raise UserError(f"missing input {path}: {hint}")
-        return path
+class Run(Layout):
+    """The run folder: its layout (`Layout`: every artifact's path) and its manifest."""
 
     def dataset(self) -> DatasetIndex:
-        self.require(DATASET_INDEX, "run `wsss data synth` (or `wsss data voc` / `wsss data folder`) first")
-        return DatasetIndex.load(self.root / DATASET_INDEX)
+        return DatasetIndex.load(self.dataset_index.require())
 
     def manifest(self) -> dict[str, Any]:
-        path = self.root / MANIFEST
+        path = self.manifest_path
         if not path.exists():
             return {"wsss_version": __version__, "stages": {}}
         return read_json(path, "manifest")
 
-    def up_to_date(self, key: str, config: dict[str, Any], inputs: list[str | Path], force: bool = False
-                   ) -> dict[str, Any] | None:
+    def execute(self, stage: Stage, force: bool = False) -> dict[str, Any]:
+        """Run `stage` unless it is up to date, and record it in the manifest if it finishes: the one way every
+        stage runs. Returns its metrics (the recorded ones when it is skipped)."""
+        processes()  # under torchrun: join the process group first, so that only the main process speaks
+        config = config_record(stage.config)
+        done = None if force else self._recorded_metrics(stage.key, config, stage.inputs)
+        if done is not None:
+            return done
+        self.root.mkdir(parents=True, exist_ok=True)
+        input_prints = {self._relative(p): fingerprint(p) for p in stage.inputs}
+        started = datetime.now(timezone.utc)
+        clock = time.perf_counter()
+        metrics = stage.work()
+        if processes().is_main:
+            manifest = self.manifest()
+            manifest["stages"][stage.key] = {
+                "config": config,
+                "inputs": [self._relative(p) for p in stage.inputs],
+                "outputs": [self._relative(p) for p in stage.outputs],
+                "fingerprints": {"inputs": input_prints,
+                                 "outputs": {self._relative(p): fingerprint(p) for p in stage.outputs}},
+                "started": started.isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - clock, 2),
+                "metrics": metrics,
+                "wsss_version": __version__,
+            }
+            write_json(self.manifest_path, manifest)
+        return metrics
+
+    def resumable_folder(self, stage: Stage, folder: Path, **identity: Any) -> set[str]:
+        """Prepare `folder` to receive `stage`'s per-image files: the names of those an interrupted run of the same
+        stage (same config and inputs, same `identity`) finished are returned and kept; anything else is cleared.
+        The folder's progress marker goes once the stage calls `finish_directory`."""
+        return resumable_directory(folder, {**comparable(config_record(stage.config)),
+                                            "inputs": [fingerprint(p) for p in stage.inputs], **identity}, processes())
+
+    def _recorded_metrics(self, key: str, config: dict[str, Any], inputs: list[Path]) -> dict[str, Any] | None:
         """The recorded metrics of stage `key` if it need not run again (and says so), else None: it ran to the
         end with this config, its inputs are unchanged since, and its outputs are still as it wrote them."""
         entry = self.manifest()["stages"].get(key)
-        if force or entry is None or "fingerprints" not in entry:
+        if entry is None or "fingerprints" not in entry:
             return None
         recorded = entry["fingerprints"]
         current_inputs = {self._relative(p): fingerprint(p) for p in inputs}
@@ -106,35 +134,6 @@ class Run:
         console.print(f"{key}: up to date (same config and inputs as its run of {entry['started']}); "
                       "--force runs it again")
         return entry["metrics"]
-
-    @contextlib.contextmanager
-    def stage(self, key: str, config: dict[str, Any], inputs: list[str | Path] = ()) -> Iterator[StageRecord]:
-        """Time a stage and, if it finishes without error, record it in the manifest (the main process only).
-
-        Inputs are fingerprinted as the stage starts, outputs as it ends."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        record = StageRecord(key=key, config=config, inputs=list(inputs))
-        input_prints = {self._relative(p): fingerprint(p) for p in record.inputs}
-        started = datetime.now(timezone.utc)
-        clock = time.perf_counter()
-        yield record
-        if not processes().is_main:
-            return
-        input_prints.update({self._relative(p): fingerprint(p) for p in record.inputs
-                             if self._relative(p) not in input_prints})
-        manifest = self.manifest()
-        manifest["stages"][key] = {
-            "config": json_ready(record.config),
-            "inputs": [self._relative(p) for p in record.inputs],
-            "outputs": [self._relative(p) for p in record.outputs],
-            "fingerprints": {"inputs": input_prints,
-                             "outputs": {self._relative(p): fingerprint(p) for p in record.outputs}},
-            "started": started.isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - clock, 2),
-            "metrics": record.metrics,
-            "wsss_version": __version__,
-        }
-        write_json(self.root / MANIFEST, manifest)
 
     def _relative(self, path: str | Path) -> str:
         path = Path(path)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..config import TrainingConfig
 from .checkpoint import safe_load
 from .console import console, progress_bar
 from .device import autocast, restore_rng_state, rng_state
@@ -25,14 +26,9 @@ from .runs import comparable
 TRAINING_STATE_VERSION = 1
 
 
-@dataclass(frozen=True)
-class OptimConfig:
-    epochs: int
-    lr: float
-    head_lr_mult: float
-    weight_decay: float
-    momentum: float = 0.9
-    poly_power: float = 0.9
+# SGD as in IRN and DeepLab: momentum 0.9, learning rate decayed by (1 - step / steps) ** 0.9.
+MOMENTUM = 0.9
+POLY_POWER = 0.9
 
 
 def training_loader(dataset, batch_size: int, workers: int, device: torch.device, seed: int,
@@ -67,13 +63,13 @@ def distributed(trained: nn.Module, device: torch.device, procs: Processes) -> n
     return wrapped
 
 
-def make_optimizer(backbone_params, head_params, config: OptimConfig) -> torch.optim.SGD:
+def make_optimizer(backbone_params, head_params, config: TrainingConfig) -> torch.optim.SGD:
     return torch.optim.SGD(
         [
             {"params": backbone_params, "lr": config.lr, "base_lr": config.lr},
             {"params": head_params, "lr": config.lr * config.head_lr_mult, "base_lr": config.lr * config.head_lr_mult},
         ],
-        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        lr=config.lr, momentum=MOMENTUM, weight_decay=config.weight_decay,
     )
 
 
@@ -145,7 +141,7 @@ def train_epochs(
     *,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
-    config: OptimConfig,
+    config: TrainingConfig,
     device: torch.device,
     amp: bool,
     losses_fn: Callable[[dict, int], dict[str, torch.Tensor]],
@@ -175,7 +171,7 @@ def train_epochs(
             started = time.perf_counter()
             for index, batch in enumerate(loader):
                 step = epoch * steps_per_epoch + index
-                poly_lr(optimizer, step, total_steps, config.poly_power)
+                poly_lr(optimizer, step, total_steps, POLY_POWER)
                 with autocast(device, amp):
                     terms = losses_fn(batch, step)
                     loss = sum(terms.values())

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX, load_image, load_mask
 from .index import Sample, check_sample_id
-from .saliency import DirectorySaliency
+from .saliency_maps import DirectorySaliency
 
 # ImageNet statistics: what torchvision's pretrained backbones expect, and harmless from scratch.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255

@@ -341,12 +341,6 @@ class _Object:
     marker_full_area: float
 
 
-def render_image(config: SynthConfig, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image (H, W, 3) uint8 RGB before JPEG, and its mask (H, W) uint8."""
-    scene = render_scene(config, split, index)
-    return scene.image, scene.mask
-
-
 def render_scene(config: SynthConfig, split: str, index: int) -> SynthScene:
     """Render one image with everything known about it (markers, contexts, objects), for tests and inspection."""
     if split not in SPLIT_CODES:

@@ -1,5 +1,9 @@
 """CAM training methods, plugged into `wsss train-cam --method NAME` by name.
 
+Every method and add-on is registered by name in `stages.registry` (CAM_METHODS, CAM_ADDONS, SEGMENT_METHODS,
+SEGMENT_CONTRASTS, re-exported here); the builders below look their classes up there, which imports a method's
+module only when it is used. Tensor helpers several methods share live in `common`.
+
 A method is an `nn.Module` class built as `Method(CamModelConfig, num_classes, Method.Options(...))`, with:
   - `Options`: a frozen dataclass of the method's own hyper-parameters (`train-cam --option KEY=VALUE`);
   - `forward(images) -> logits (N, C)`: classification, used for validation mAP;
@@ -29,70 +33,39 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
 
+from ..config import CamModelConfig
 from ..core.checkpoint import load_state, model_config
 from ..core.errors import UserError
-from .baseline import BaselineCam, CamModelConfig
-from .l2g import L2GCam
-from .mcic import McicTrainer
-from .pixel_contrast import MemoryPixelContrast
-from .ppc import PixelPrototypeContrast
-from .seam import SeamCam
-from .supervised import MaskTraining
-
-CAM_METHODS = {
-    "baseline": BaselineCam,
-    "seam": SeamCam,
-    "l2g": L2GCam,
-}
-
-AUX_LOSSES = {
-    "ppc": PixelPrototypeContrast,
-}
-
-SEGMENT_METHODS = {
-    "deeplab": MaskTraining,
-    "mcic": McicTrainer,
-}
-
-SEGMENT_CONTRASTS = {
-    "memory": MemoryPixelContrast,
-}
+from ..registry import CAM_ADDONS, CAM_METHODS, SEGMENT_CONTRASTS, SEGMENT_METHODS
 
 
 def build_cam_model(method: str, config: CamModelConfig, num_classes: int, options: dict[str, Any] | None = None):
-    if method not in CAM_METHODS:
-        raise UserError(f"unknown CAM method {method!r} (choose from {', '.join(CAM_METHODS)})")
-    model_class = CAM_METHODS[method]
+    model_class = CAM_METHODS.get(method)  # "unknown CAM method ..." (choose from the registered names)
     return model_class(config, num_classes, method_options(model_class.Options, options or {}, f"method {method!r}"))
 
 
 def build_aux_loss(name: str, options: dict[str, Any], model: nn.Module, method: str) -> nn.Module:
     """The add-on loss `name` for a built CAM model; an error if the model has no two views to give it."""
-    if name not in AUX_LOSSES:
-        raise UserError(f"unknown add-on loss {name!r} (choose from {', '.join(AUX_LOSSES)})")
+    aux_class = CAM_ADDONS.get(name)  # "unknown add-on loss ..."
     if not hasattr(model, "training_views"):
-        two_view = ", ".join(m for m, cls in CAM_METHODS.items() if hasattr(cls, "training_views"))
+        two_view = ", ".join(n for n in CAM_METHODS if hasattr(CAM_METHODS.get(n), "training_views"))
         raise UserError(f"--aux {name} needs a method with two views ({two_view}); {method!r} has none")
-    aux_class = AUX_LOSSES[name]
     return aux_class(model.backbone.channels[-1], method_options(aux_class.Options, options, f"add-on {name!r}"))
 
 
 def build_segment_method(name: str, options: dict[str, Any], contrast: str, contrast_options: dict[str, Any],
                          segmenter: nn.Module, num_classes: int, steps_per_epoch: int) -> nn.Module:
     """The training wrapper of segment method `name` around `segmenter`, with add-on contrast `contrast` (or "")."""
-    if name not in SEGMENT_METHODS:
-        raise UserError(f"unknown segment method {name!r} (choose from {', '.join(SEGMENT_METHODS)})")
-    method_class = SEGMENT_METHODS[name]
+    method_class = SEGMENT_METHODS.get(name)  # "unknown segment method ..."
     method_opts = method_options(method_class.Options, options, f"segment method {name!r}")
     if not contrast:
         return method_class(segmenter, num_classes, method_opts, steps_per_epoch)
-    if contrast not in SEGMENT_CONTRASTS:
-        raise UserError(f"unknown contrast loss {contrast!r} (choose from {', '.join(SEGMENT_CONTRASTS)})")
+    contrast_class = SEGMENT_CONTRASTS.get(contrast)  # "unknown contrast loss ..."
     if not method_class.uses_masks:
         raise UserError(f"--contrast {contrast} needs mask labels; segment method {name!r} trains without them")
-    contrast_class = SEGMENT_CONTRASTS[contrast]
     add_on = contrast_class(segmenter.classifier.in_channels, num_classes,
                             method_options(contrast_class.Options, contrast_options, f"contrast {contrast!r}"),
                             steps_per_epoch)
@@ -107,6 +80,27 @@ def cam_model_from_checkpoint(payload: dict[str, Any], path) -> nn.Module:
                             len(payload["class_names"]) - 1, config.get("method_options"))
     load_state(model, payload, path)
     return model.eval()
+
+
+class CamTraining(torch.nn.Module):
+    """The CAM model and its add-on loss as one module whose forward computes the training terms: what
+    DistributedDataParallel wraps, and what the training state saves."""
+
+    def __init__(self, model: torch.nn.Module, aux: torch.nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.aux = aux
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, **extra) -> dict[str, torch.Tensor]:
+        return training_terms(self.model, self.aux, images, labels, **extra)
+
+
+def training_terms(model, aux, images: torch.Tensor, labels: torch.Tensor, **extra) -> dict[str, torch.Tensor]:
+    """One batch's loss terms: the method's own, plus an add-on's (`aux`, or None) computed on its two views."""
+    if aux is None:
+        return model.training_losses(images, labels, **extra)
+    views = model.training_views(images, labels, **extra)
+    return {**views.losses, **aux(views, labels)}
 
 
 def method_options(options_class, values: dict[str, Any], owner: str):
@@ -139,5 +133,5 @@ def _convert(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"option {key}={value!r}: expected a {type(default).__name__} like {default!r}") from None
 
 
-__all__ = ["AUX_LOSSES", "CAM_METHODS", "SEGMENT_CONTRASTS", "SEGMENT_METHODS", "CamModelConfig", "build_aux_loss",
-           "build_cam_model", "build_segment_method", "cam_model_from_checkpoint", "method_options"]
+__all__ = ["CAM_ADDONS", "CAM_METHODS", "SEGMENT_CONTRASTS", "SEGMENT_METHODS", "CamTraining", "build_aux_loss",
+           "build_cam_model", "build_segment_method", "cam_model_from_checkpoint", "method_options", "training_terms"]

@@ -13,16 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import CamModelConfig
 from ..core.errors import UserError
 from ..models.backbone import Backbone
+from .common import rescale, rescale_to
 from .views import TrainingViews, ViewMaps
-
-
-@dataclass(frozen=True)
-class CamModelConfig:
-    backbone: str = "resnet10"
-    output_stride: int = 16
-    pretrained: str = "none"
 
 
 class BaselineCam(nn.Module):
@@ -64,13 +59,3 @@ class BaselineCam(nn.Module):
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         return list(self.backbone.parameters()), list(self.classifier.parameters())
-
-
-def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Bilinear rescale by `scale` (floored, at least 1 px; align_corners=True as SEAM's transform)."""
-    size = (max(1, int(images.shape[-2] * scale)), max(1, int(images.shape[-1] * scale)))
-    return rescale_to(images, size)
-
-
-def rescale_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=True)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import UserError
-from .seam import max_norm
+from .common import max_norm
 from .views import TrainingViews
 
 

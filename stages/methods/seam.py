@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import CamModelConfig
 from ..core.errors import UserError
 from ..models.backbone import Backbone
-from .baseline import CamModelConfig, rescale, rescale_to
+from .common import apply_affinity, max_norm, rescale, rescale_to
 from .views import TrainingViews, ViewMaps
 
 TRANSFORMS = ("rescale", "flip", "rotate90")
@@ -114,14 +115,6 @@ def spatial_transform(x: torch.Tensor, transform: str, scale: float = 1.0,
     raise UserError(f"unknown SEAM transform {transform!r} (choose from {', '.join(TRANSFORMS)})")
 
 
-def max_norm(cams: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Per image and channel: ReLU, then (x - min - eps)^+ / (max - min + eps) (official tool/visualization.py)."""
-    cams = F.relu(cams)
-    low = cams.amin(dim=(-2, -1), keepdim=True)
-    high = cams.amax(dim=(-2, -1), keepdim=True)
-    return F.relu(cams - low - eps) / (high - low + eps)
-
-
 def add_background(foreground: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) normalised foreground → (N, C+1, H, W) with background 1 - max over foreground first."""
     background = 1 - foreground.amax(dim=1, keepdim=True)
@@ -156,18 +149,6 @@ def affinity_from_embedding(embedding: torch.Tensor) -> torch.Tensor:
         flat = flat / (flat.norm(dim=1, keepdim=True) + EPS)
         affinity = F.relu(torch.bmm(flat.transpose(1, 2), flat))
         return affinity / (affinity.sum(dim=-1, keepdim=True) + EPS)
-
-
-def apply_affinity(cam: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
-    """(N, K, h, w) maps, (N, hw, hw) affinity → (N, K, h, w): refined[:, :, j] = sum_i affinity[j, i] cam[:, :, i].
-
-    Any channel count K: C+1 (background first) during training, or a pseudo-label score stack.
-    """
-    n, k, h, w = cam.shape
-    if affinity.shape != (n, h * w, h * w):
-        raise ValueError(f"affinity {tuple(affinity.shape)} does not fit maps {tuple(cam.shape)}")
-    with torch.autocast(cam.device.type, enabled=False):
-        return torch.bmm(cam.float().flatten(2), affinity.float().transpose(1, 2)).view(n, k, h, w)
 
 
 def top_fraction_l1(target: torch.Tensor, prediction: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -317,6 +298,5 @@ class SeamCam(nn.Module):
         return list(self.backbone.parameters()), [p for layer in new_layers for p in layer.parameters()]
 
 
-__all__ = ["SeamCam", "SeamOptions", "add_background", "affinity_from_embedding", "apply_affinity",
-           "cross_view_losses", "ecr_term", "max_norm", "min_pooling_loss", "pcm_seeds", "spatial_transform",
-           "suppress_non_max", "top_fraction_l1"]
+__all__ = ["SeamCam", "SeamOptions", "add_background", "affinity_from_embedding", "cross_view_losses", "ecr_term",
+           "min_pooling_loss", "pcm_seeds", "spatial_transform", "suppress_non_max", "top_fraction_l1"]

@@ -1,10 +1,15 @@
 """ResNet backbones from torchvision, with output stride 32, 16 or 8 and optional ImageNet weights.
 
+Each architecture is a `ResNetSpec` below (`RESNET10` ... `RESNET101`), registered by name in
+`stages.registry.BACKBONES`: that registry is how `Backbone(name)` finds it, and what `--backbone` lists.
+
 `resnet10` is torchvision's `ResNet` with one `BasicBlock` per stage: the default on the synthetic benchmark,
 where a CPU must train two networks in minutes. It has no ImageNet weights.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,15 +17,23 @@ from torch import nn
 from ..core.checkpoint import safe_load
 from ..core.errors import UserError
 from ..core.tv import torchvision
+from ..registry import BACKBONES
 
-ARCHITECTURES = {
-    # name: (block, layers per stage, torchvision weights enum or None), names in torchvision.models.resnet
-    "resnet10": ("BasicBlock", [1, 1, 1, 1], None),
-    "resnet18": ("BasicBlock", [2, 2, 2, 2], "ResNet18_Weights"),
-    "resnet34": ("BasicBlock", [3, 4, 6, 3], "ResNet34_Weights"),
-    "resnet50": ("Bottleneck", [3, 4, 6, 3], "ResNet50_Weights"),
-    "resnet101": ("Bottleneck", [3, 4, 23, 3], "ResNet101_Weights"),
-}
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """A ResNet, by names in torchvision.models.resnet: its block, its blocks per stage and its weights enum."""
+
+    block: str  # "BasicBlock" or "Bottleneck"
+    layers: tuple[int, int, int, int]
+    weights: str | None  # the ImageNet weights enum, or None when torchvision has none
+
+
+RESNET10 = ResNetSpec("BasicBlock", (1, 1, 1, 1), None)
+RESNET18 = ResNetSpec("BasicBlock", (2, 2, 2, 2), "ResNet18_Weights")
+RESNET34 = ResNetSpec("BasicBlock", (3, 4, 6, 3), "ResNet34_Weights")
+RESNET50 = ResNetSpec("Bottleneck", (3, 4, 6, 3), "ResNet50_Weights")
+RESNET101 = ResNetSpec("Bottleneck", (3, 4, 23, 3), "ResNet101_Weights")
 
 # Stages (layer3, layer4) whose stride is replaced by dilation to reach each output stride.
 _DILATED_STAGES = {32: (), 16: ("layer4",), 8: ("layer3", "layer4")}
@@ -31,14 +44,12 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, output_stride: int = 16, pretrained: str = "none"):
         super().__init__()
-        if name not in ARCHITECTURES:
-            raise UserError(f"unknown backbone {name!r} (choose from {', '.join(ARCHITECTURES)})")
+        spec: ResNetSpec = BACKBONES.get(name)  # "unknown backbone ..." (choose from the registered names)
         if output_stride not in _DILATED_STAGES:
             raise UserError(f"output stride must be 8, 16 or 32, got {output_stride}")
         resnet = torchvision().models.resnet
-        block_name, layers, _ = ARCHITECTURES[name]
-        block = getattr(resnet, block_name)
-        net = resnet.ResNet(block, layers)
+        block = getattr(resnet, spec.block)
+        net = resnet.ResNet(block, list(spec.layers))
         load_pretrained(net, name, pretrained)
         dilation = 1
         for stage in _DILATED_STAGES[output_stride]:
@@ -76,7 +87,7 @@ def load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
     if pretrained == "none":
         return
     if pretrained == "imagenet":
-        weights_name = ARCHITECTURES[name][2]
+        weights_name = BACKBONES.get(name).weights
         if weights_name is None:
             raise UserError(f"{name} has no ImageNet weights in torchvision; use --pretrained none or a file")
         try:

@@ -3,25 +3,12 @@ decoder that fuses stride-4 features for sharper boundaries."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import SegModelConfig
 from .backbone import Backbone
-
-
-@dataclass(frozen=True)
-class SegModelConfig:
-    backbone: str = "resnet10"
-    output_stride: int = 16
-    pretrained: str = "none"
-    # DeepLabv3 uses rates (6, 12, 18) on a 33x33 map (513 px at OS16); ours is 8x8 (128 px), so scaled down.
-    aspp_rates: tuple[int, ...] = (2, 3, 4)
-    aspp_channels: int = 128
-    decoder_channels: int = 128
-    low_level_channels: int = 32
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:

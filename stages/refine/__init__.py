@@ -7,6 +7,7 @@ A refinement can act at two points of pseudo-mask construction (see `stages/pseu
     (e.g. dense CRF).
 `item` is the image and its id (a refinement may read per-image inputs such as a saliency map by id). Steps run
 in the order given. The base class leaves both untouched, so each refinement overrides what it uses.
+Each refinement is registered by name in `stages.registry.REFINEMENTS` and built by its `from_inputs`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.errors import UserError
+from ..config import refinement_names
+from ..registry import REFINEMENTS
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,10 @@ class RefineInputs:
 
 
 class Refinement:
-    name = "none"
+    @classmethod
+    def from_inputs(cls, inputs: RefineInputs) -> Refinement:
+        """The refinement built from what it needs of `inputs` (one that needs nothing ignores them)."""
+        return cls()
 
     def refine_scores(self, item: ImageItem, scores: np.ndarray) -> np.ndarray:
         return scores
@@ -52,33 +57,6 @@ class Refinement:
         return labels
 
 
-def _registry() -> dict[str, Callable[[RefineInputs], Refinement]]:
-    from .crf import DenseCrf
-    from .pcm import PcmRefinement
-    from .saliency import SaliencyBackground
-
-    return {
-        "crf": lambda inputs: DenseCrf(),
-        "pcm": lambda inputs: PcmRefinement(inputs.checkpoint),
-        "saliency": lambda inputs: SaliencyBackground(inputs.saliency_dir, inputs.saliency_threshold),
-    }
-
-
-def refinement_names(spec: str) -> list[str]:
-    """'none' → []; 'pcm,crf' → ['pcm', 'crf']; an unknown or repeated name is a one-line error."""
-    names = [name.strip() for name in spec.split(",") if name.strip()]
-    if names == ["none"]:
-        return []
-    registry = _registry()
-    unknown = [name for name in names if name not in registry]
-    if unknown or not names:
-        raise UserError(f"unknown refinement {', '.join(unknown) or repr(spec)} "
-                        f"(choose none or a comma list of: {', '.join(registry)})")
-    if len(set(names)) != len(names):
-        raise UserError(f"refinement listed twice in {spec!r}")
-    return names
-
-
 def parse_refinements(spec: str, inputs: RefineInputs = RefineInputs()) -> list[Refinement]:
-    registry = _registry()
-    return [registry[name](inputs) for name in refinement_names(spec)]
+    """The refinements `spec` names ('pcm,crf'; 'none' → []), in order, each built from `inputs`."""
+    return [REFINEMENTS.get(name).from_inputs(inputs) for name in refinement_names(spec)]

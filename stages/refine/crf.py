@@ -67,8 +67,6 @@ def _map_labels(crf, iterations: int, num_labels: int, height: int, width: int) 
 
 
 class DenseCrf(Refinement):
-    name = "crf"
-
     def __init__(self, params: CrfParams = CrfParams()):
         self.params = params
 

@@ -18,25 +18,28 @@ import torch.nn.functional as F
 from ..core.checkpoint import load_checkpoint
 from ..core.errors import UserError
 from ..data.loading import normalize
-from ..methods import CAM_METHODS, cam_model_from_checkpoint
-from ..methods.seam import apply_affinity
-from . import ImageItem, Refinement
+from ..methods import cam_model_from_checkpoint
+from ..methods.common import apply_affinity
+from ..registry import CAM_METHODS
+from . import ImageItem, RefineInputs, Refinement
 
 
 def check_pcm_checkpoint(path: Path) -> dict:
     """The checkpoint's payload, or a one-line error if its method has no PCM (without building the model)."""
     payload = load_checkpoint(path, "cam")
     method = payload["config"]["method"]
-    if not hasattr(CAM_METHODS.get(method), "pcm_affinity"):
+    if method not in CAM_METHODS or not hasattr(CAM_METHODS.get(method), "pcm_affinity"):
         raise UserError(f"--refine pcm needs the checkpoint of a method with a PCM (seam); {path} is {method!r}")
     return payload
 
 
 class PcmRefinement(Refinement):
-    name = "pcm"
-
     def __init__(self, checkpoint: Path):
         self.model = cam_model_from_checkpoint(check_pcm_checkpoint(checkpoint), checkpoint)
+
+    @classmethod
+    def from_inputs(cls, inputs: RefineInputs) -> PcmRefinement:
+        return cls(inputs.checkpoint)
 
     def affinity(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """The image's PCM affinity and the feature map size it lives at."""

@@ -15,13 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.saliency import MAKE_MAPS_HINT, DirectorySaliency
-from . import ImageItem, Refinement
+from ..data.saliency_maps import MAKE_MAPS_HINT, DirectorySaliency
+from . import ImageItem, RefineInputs, Refinement
 
 
 class SaliencyBackground(Refinement):
-    name = "saliency"
-
     def __init__(self, directory: str, threshold: float = 0.5):
         if not directory:
             raise UserError(f"--refine saliency needs saliency maps: {MAKE_MAPS_HINT}")
@@ -29,6 +27,10 @@ class SaliencyBackground(Refinement):
             raise UserError(f"saliency threshold must be in (0, 1], got {threshold}")
         self.source = DirectorySaliency(directory, hint=MAKE_MAPS_HINT)
         self.threshold = threshold
+
+    @classmethod
+    def from_inputs(cls, inputs: RefineInputs) -> SaliencyBackground:
+        return cls(inputs.saliency_dir, inputs.saliency_threshold)
 
     def refine_scores(self, item: ImageItem, scores: np.ndarray) -> np.ndarray:
         saliency = item.once("saliency", lambda: self.source(item.id, item.image))

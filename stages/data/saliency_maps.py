@@ -62,8 +62,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageFilter
 
+from ..core.console import console
 from ..core.errors import UserError
-from ..core.io import _open, atomic_path
+from ..core.io import atomic_path, open_image
 
 MAX_SIDE = 300  # the paper's working resolution (long side, px)
 ITERATIONS = 4  # rounds of the four directional sweeps of the barrier distance transform
@@ -125,7 +126,7 @@ class DirectorySaliency(SaliencySource):
         path = self.path(image_id)
         if not path.is_file():
             raise UserError(f"no saliency map for {image_id!r} in {self.directory} (expected {path}){self.hint}")
-        loaded = _open(path, "saliency map")
+        loaded = open_image(path, "saliency map")
         height, width = image.shape[:2]
         if loaded.size != (width, height):
             raise UserError(f"saliency map {path} is {loaded.width} x {loaded.height} (W x H) but image "
@@ -136,6 +137,24 @@ class DirectorySaliency(SaliencySource):
         if loaded.mode != "L":
             loaded = loaded.convert("L")
         return np.asarray(loaded, dtype=np.float32) / 255.0
+
+
+def saliency_directory(directory: str | os.PathLike, samples: list, split: str, stage: str,
+                       require_all: bool = False) -> str:
+    """The saliency maps' directory for a training stage: an error if it covers none of the images, or (with
+    `require_all`) not all of them."""
+    directory = str(directory)
+    source = DirectorySaliency(directory, hint=MAKE_MAPS_HINT)
+    missing = [sample.id for sample in samples if not source.has(sample.id)]
+    make_them = f"run `wsss saliency --split {split}` or pass --saliency DIR"
+    if len(missing) == len(samples) or (require_all and missing):
+        how_many = "any" if len(missing) == len(samples) else f"{len(missing)}"
+        raise UserError(f"{directory} has no saliency map for {how_many} of the {len(samples)} {split} images "
+                        f"(expected <id>.png, e.g. {missing[0]}.png): {make_them}")
+    covered = len(samples) - len(missing)
+    console.print(f"{stage}: saliency maps from {directory} for {covered} of {len(samples)} images"
+                  + ("" if not missing else " (the others train without shape transfer)"))
+    return directory
 
 
 def save_saliency(path: str | os.PathLike, saliency: np.ndarray) -> None:

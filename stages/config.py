@@ -1,0 +1,226 @@
+"""Every stage's config, in one module that imports neither torch nor any stage: the CLI builds these from its
+options (whose defaults are these defaults), a stage receives one, and the manifest records it.
+
+The options train-cam and segment share (optimisation, augmentation, execution) are `TrainingConfig`'s fields,
+declared once; each training stage's config extends it and overrides only the defaults that differ. Checks that
+need no files run when a config is made, so a bad option is a one-line error before any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .core.errors import UserError
+from .core.io import check_plain_name
+from .core.layout import mask_set_name, segment_tag
+from .data.synth import SynthConfig
+from .data.voc import DEFAULT_SPLITS
+from .metrics import DEFAULT_THRESHOLDS
+from .registry import BACKBONES, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SEGMENT_CONTRASTS, SEGMENT_METHODS
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    backbone: str = "resnet10"
+    output_stride: int = 16
+    pretrained: str = "none"  # none, imagenet, or a weights file
+
+
+@dataclass(frozen=True)
+class CamModelConfig(BackboneConfig):
+    """The CAM network's backbone; its head is the method's."""
+
+
+@dataclass(frozen=True)
+class SegModelConfig(BackboneConfig):
+    # DeepLabv3 uses rates (6, 12, 18) on a 33x33 map (513 px at OS16); ours is 8x8 (128 px), so scaled down.
+    aspp_rates: tuple[int, ...] = (2, 3, 4)
+    aspp_channels: int = 128
+    decoder_channels: int = 128
+    low_level_channels: int = 32
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What every training stage takes: its split, the SGD schedule, the augmentation and how it runs."""
+
+    train_split: str = "train"
+    epochs: int = 5
+    batch_size: int = 16  # the global batch: under torchrun each of N processes takes batch_size / N
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each process's share
+    lr: float = 0.1  # the backbone's; poly decay
+    head_lr_mult: float = 10.0  # the new layers' learning rate, relative to the backbone's
+    weight_decay: float = 1e-4
+    base_size: int = 128  # long side the scale augmentation is relative to
+    crop_size: int = 112  # square training crop
+    scale_range: tuple[float, float] = (0.7, 1.3)  # random rescale of the long side
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainCamConfig(TrainingConfig):
+    method: str = "baseline"
+    method_options: dict[str, str] = field(default_factory=dict)  # the method's Options, as KEY=VALUE strings
+    aux: str = ""  # an add-on loss for two-view methods ("ppc"), or none
+    aux_options: dict[str, str] = field(default_factory=dict)  # its Options, as KEY=VALUE strings
+    model: CamModelConfig = field(default_factory=CamModelConfig)
+    val_split: str = "val"
+    saliency_dir: str = ""  # for methods that use saliency (L2G shape transfer); default: the run's saliency/
+
+    def __post_init__(self):
+        CAM_METHODS.check(self.method)
+        if self.aux:
+            CAM_ADDONS.check(self.aux)
+        BACKBONES.check(self.model.backbone)
+
+
+@dataclass(frozen=True)
+class InferCamConfig:
+    split: str = "train"
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    raw: bool = False  # methods that refine their CAMs (SEAM's PCM): write the unrefined ones instead
+    batch_size: int = 16
+    part_size: int = 256  # images per part file: a killed run loses at most one part's work per process
+    workers: int = 1
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise UserError(f"scales must be positive numbers, got {list(self.scales)}")
+        if self.part_size < 1:
+            raise UserError(f"part size must be at least 1, got {self.part_size}")
+
+
+@dataclass(frozen=True)
+class SaliencyConfig:
+    split: str = "train"
+    source: str = "mbd"  # a registered saliency source's name, or a directory of <id>.png maps
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    split: str = "train"
+    refine: str = "crf"
+    pcm_checkpoint: str = ""  # for --refine pcm: a SEAM checkpoint (default: the run's cam/checkpoint.pt)
+    saliency_dir: str = ""  # for --refine saliency: <id>.png maps (default: the run's saliency/)
+    saliency_threshold: float = 0.5  # for --refine saliency: below it a pixel is background
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    raw: bool = False  # from the unrefined CAMs of `infer-cam --raw`; the masks go to pseudo/<refine>-raw
+    name: str = ""  # the mask set's name, to keep sets made with other thresholds apart (default: as above)
+    workers: int = 2
+
+    def __post_init__(self):
+        if not 0 <= self.bg_threshold <= self.fg_threshold <= 1:
+            raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {self.bg_threshold} and "
+                            f"{self.fg_threshold}")
+        refinement_names(self.refine)
+        check_plain_name(self.mask_set, "mask set name", "crf-fitted")
+
+    @property
+    def refinements(self) -> list[str]:
+        return refinement_names(self.refine)
+
+    @property
+    def mask_set(self) -> str:
+        """The masks' name: what `segment --pseudo` and `evaluate pseudo/NAME` take."""
+        return self.name or mask_set_name(self.refine, self.raw)
+
+
+def refinement_names(spec: str) -> list[str]:
+    """'none' → []; 'pcm,crf' → ['pcm', 'crf']; an unknown or repeated name is a one-line error."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [name for name in names if name not in REFINEMENTS]
+    if unknown or not names:
+        raise UserError(f"unknown refinement {', '.join(unknown) or repr(spec)} "
+                        f"(choose none or a comma list of: {', '.join(REFINEMENTS)})")
+    if len(set(names)) != len(names):
+        raise UserError(f"refinement listed twice in {spec!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class SegmentConfig(TrainingConfig):
+    epochs: int = 8
+    lr: float = 0.05
+    head_lr_mult: float = 1.0
+    method: str = "deeplab"  # a registered segment method: "deeplab" (on masks), "mcic" (image labels + saliency)
+    method_options: dict[str, str] = field(default_factory=dict)  # the method's Options, as KEY=VALUE strings
+    contrast: str = ""  # an add-on loss for mask training ("memory": cross-image pixel contrast), or none
+    contrast_options: dict[str, str] = field(default_factory=dict)
+    saliency_dir: str = ""  # for methods that use saliency (mcic); default: the run's saliency/
+    labels: str = "pseudo"  # "pseudo" (masks from `wsss pseudo-label`) or "gt" (upper bound)
+    pseudo: str = "crf"  # which pseudo masks: their set name (the --refine they were made with, + "-raw")
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    predict_splits: tuple[str, ...] = ("val",)
+    test_scales: tuple[float, ...] = (1.0,)
+    test_flip: bool = False
+    crf: bool = False
+
+    def __post_init__(self):
+        SEGMENT_METHODS.check(self.method)
+        if self.contrast:
+            SEGMENT_CONTRASTS.check(self.contrast)
+        BACKBONES.check(self.model.backbone)
+
+    @property
+    def tag(self) -> str:
+        """The segmenter's folder name under segment/: what `evaluate segment/TAG` and `report --segment` take."""
+        return segment_tag(self.method, self.labels, self.pseudo, self.contrast)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    target: str = "cams"  # cams, cams-raw, pseudo/SET, segment/TAG, or a folder of masks
+    split: str = "train"
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # the CAM background thresholds swept
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    split: str = "train"
+    pseudo: str = "crf"  # the pseudo-mask set to show
+    segment: str = SegmentConfig().tag  # the segmenter whose predictions to show
+    num_samples: int = 12
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_samples < 0:
+            raise UserError(f"the number of samples must be 0 or more, got {self.num_samples}")
+
+
+@dataclass(frozen=True)
+class SynthDataConfig:
+    synth: SynthConfig = field(default_factory=SynthConfig)  # what to generate
+    out: str = ""  # where to write the images (default: the run's synth/); reused if it holds the same config
+    workers: int = 2
+
+    def __post_init__(self):
+        self.synth.validate()
+
+
+@dataclass(frozen=True)
+class VocDataConfig:
+    root: str = ""  # VOC2012, or a folder containing VOCdevkit/VOC2012
+    splits: tuple[str, ...] = DEFAULT_SPLITS
+    verify: bool = True  # decode every image and mask once (see data.verify)
+    skip_bad: bool = False  # leave bad images out, listed in the index's `skipped`, instead of stopping
+    workers: int = 8
+
+
+@dataclass(frozen=True)
+class FolderDataConfig:
+    root: str = ""  # images/ (or images directly) and labels.csv|json
+    labels: str = ""  # the labels file (default ROOT/labels.csv or .json)
+    verify: bool = True
+    skip_bad: bool = False
+    workers: int = 8

@@ -1,0 +1,101 @@
+"""Everything plugged in by name, one registry per kind: CAM methods, their add-on losses, segmenter methods and
+their add-on contrasts, pseudo-mask refinements, backbones and saliency sources.
+
+An entry is a name, where its code lives (`module:attribute`, imported only when it is used, so `wsss --help`
+and every option error run without loading torch) and a one-line summary. The CLI's help texts, its "choose
+from" errors and the registry-driven tests all come from here: registering a module is what adds it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .core.errors import UserError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "package.module:attribute"
+    summary: str  # one line for --help
+
+
+class Registry:
+    def __init__(self, kind: str, *entries: Entry):
+        self.kind = kind  # "CAM method", for messages
+        self._entries = {entry.name: entry for entry in entries}
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def check(self, name: str) -> str:
+        """`name`, or a one-line error listing the registered names."""
+        if name not in self._entries:
+            raise UserError(f"unknown {self.kind} {name!r} (choose from {', '.join(self._entries)})")
+        return name
+
+    def get(self, name: str) -> Any:
+        """The registered object (class or builder), imported on first use."""
+        module, _, attribute = self._entries[self.check(name)].target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def help(self) -> str:
+        """'name (summary), name (summary)' for an option's help text."""
+        return ", ".join(f"{entry.name} ({entry.summary})" for entry in self._entries.values())
+
+
+CAM_METHODS = Registry(
+    "CAM method",
+    Entry("baseline", "stages.methods.baseline:BaselineCam", "CAM: 1x1 classifier, GAP, multilabel soft margin"),
+    Entry("seam", "stages.methods.seam:SeamCam", "SEAM: equivariant CAMs across two views, PCM"),
+    Entry("l2g", "stages.methods.l2g:L2GCam", "L2G: local-to-global transfer, shape transfer from saliency"),
+)
+
+CAM_ADDONS = Registry(
+    "add-on loss",
+    Entry("ppc", "stages.methods.ppc:PixelPrototypeContrast", "PPC: pixel-to-prototype contrast on two views"),
+)
+
+SEGMENT_METHODS = Registry(
+    "segment method",
+    Entry("deeplab", "stages.methods.supervised:MaskTraining", "DeepLab trained on masks"),
+    Entry("mcic", "stages.methods.mcic:McicTrainer",
+          "MCIC: end to end from image labels and saliency; also writes RUN/pseudo/mcic"),
+)
+
+SEGMENT_CONTRASTS = Registry(
+    "contrast loss",
+    Entry("memory", "stages.methods.pixel_contrast:MemoryPixelContrast",
+          "cross-image pixel contrast with memory banks"),
+)
+
+REFINEMENTS = Registry(
+    "refinement",
+    Entry("crf", "stages.refine.crf:DenseCrf", "dense CRF"),
+    Entry("pcm", "stages.refine.pcm:PcmRefinement", "SEAM's pixel correlation module, from a SEAM checkpoint"),
+    Entry("saliency", "stages.refine.saliency_background:SaliencyBackground", "background from saliency maps"),
+)
+
+BACKBONES = Registry(
+    "backbone",
+    Entry("resnet10", "stages.models.backbone:RESNET10", "one BasicBlock per stage, no ImageNet weights"),
+    Entry("resnet18", "stages.models.backbone:RESNET18", "torchvision ResNet-18"),
+    Entry("resnet34", "stages.models.backbone:RESNET34", "torchvision ResNet-34"),
+    Entry("resnet50", "stages.models.backbone:RESNET50", "torchvision ResNet-50"),
+    Entry("resnet101", "stages.models.backbone:RESNET101", "torchvision ResNet-101"),
+)
+
+SALIENCY_SOURCES = Registry(
+    "saliency source",
+    Entry("mbd", "stages.data.saliency_maps:MinimumBarrierSaliency", "built-in Minimum Barrier saliency, no weights"),
+)
+
+REGISTRIES = (CAM_METHODS, CAM_ADDONS, SEGMENT_METHODS, SEGMENT_CONTRASTS, REFINEMENTS, BACKBONES, SALIENCY_SOURCES)

@@ -1,0 +1,88 @@
+"""A run's results read back: the evaluations in `eval/`, the stage timings in the manifest, and the tables and
+headline numbers `wsss evaluate`, `wsss summary` and the report show. Reads only; no stage writes here."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from .config import SegmentConfig
+from .core.io import read_json
+from .core.runs import Run
+
+
+def load_results(run: Run) -> list[dict]:
+    return [read_json(path, "evaluation result") for path in sorted(run.eval_dir.glob("*.json"))]
+
+
+def results_table(results: list[dict]) -> Table:
+    """One row per evaluation result."""
+    table = Table(title="Evaluation")
+    for column in ("name", "kind", "split", "images"):
+        table.add_column(column)
+    table.add_column("mIoU %", justify="right")
+    table.add_column("best thr", justify="right")
+    for result in results:
+        threshold = result.get("best_threshold")
+        table.add_row(result["name"], result["kind"], result["split"], str(result["num_images"]),
+                      percent(result["miou"]), "–" if threshold is None else f"{threshold:.2f}")
+    return table
+
+
+def per_class_table(result: dict) -> Table:
+    """IoU, precision and recall per class of one evaluation result."""
+    table = Table(title=f"{result['name']} per class")
+    table.add_column("class")
+    for column in ("IoU %", "precision %", "recall %"):
+        table.add_column(column, justify="right")
+    for class_name, scores in result["per_class"].items():
+        table.add_row(class_name, percent(scores["iou"]), percent(scores["precision"]), percent(scores["recall"]))
+    return table
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def headline(run: Run) -> dict:
+    """The numbers a WSSS paper reports: classifier mAP, CAM / pseudo-mask / segmenter mIoU, weak/full ratio."""
+    stages = run.manifest()["stages"]
+    results = {r["name"]: r for r in load_results(run)}
+    numbers: dict = {}
+    if "train-cam" in stages:
+        numbers["classifier_val_map"] = stages["train-cam"]["metrics"].get("val_map")
+    for name, result in results.items():
+        numbers[f"{name}_miou"] = result["miou"]
+        if result["kind"] == "cam":
+            numbers[f"{name}_best_threshold"] = result["best_threshold"]
+    # The default segmenter (pseudo masks) against the same segmenter on ground truth, both on val.
+    weak = results.get(run.evaluation_target(f"segment/{SegmentConfig().tag}", "val")[1])
+    full = results.get(run.evaluation_target("segment/gt", "val")[1])
+    if weak and full and full["miou"]:
+        numbers["weak_over_full"] = weak["miou"] / full["miou"]
+    numbers["seconds"] = {key: entry["seconds"] for key, entry in stages.items()}
+    numbers["total_seconds"] = round(sum(numbers["seconds"].values()), 1)
+    return numbers
+
+
+def summary_tables(run: Run) -> list[Table]:
+    tables = []
+    numbers = headline(run)
+    key_numbers = Table(title=f"wsss run {run.root}")
+    key_numbers.add_column("result")
+    key_numbers.add_column("value", justify="right")
+    if numbers.get("classifier_val_map") is not None:
+        key_numbers.add_row("classifier val mAP %", percent(numbers["classifier_val_map"]))
+    if "weak_over_full" in numbers:
+        key_numbers.add_row(f"segmenter: {SegmentConfig().tag} / ground truth", f"{numbers['weak_over_full']:.3f}")
+    key_numbers.add_row("total stage time (s)", f"{numbers['total_seconds']:.1f}")
+    tables.append(key_numbers)
+    results = load_results(run)
+    if results:
+        tables.append(results_table(results))
+    timings = Table(title="stage timings")
+    timings.add_column("stage")
+    timings.add_column("seconds", justify="right")
+    for key, seconds in numbers["seconds"].items():
+        timings.add_row(key, f"{seconds:.1f}")
+    tables.append(timings)
+    return tables

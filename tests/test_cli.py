@@ -1,8 +1,13 @@
 """The CLI: help texts, and one-line errors with exit status 2 for user mistakes."""
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
+from stages.config import PseudoLabelConfig, SaliencyConfig, SegmentConfig, TrainCamConfig
+from stages.registry import (BACKBONES, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SALIENCY_SOURCES, SEGMENT_CONTRASTS,
+                             SEGMENT_METHODS)
 from wsss_cli.main import app
 
 runner = CliRunner()
@@ -12,14 +17,122 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", [["--help"], ["data", "synth", "--help"], ["train-cam", "--help"],
-                                     ["infer-cam", "--help"], ["pseudo-label", "--help"], ["segment", "--help"],
-                                     ["evaluate", "--help"], ["report", "--help"], ["summary", "--help"],
-                                     ["saliency", "--help"]])
-def test_help(command):
-    result = invoke(*command)
+WIDE = {"COLUMNS": "200"}  # a wide terminal, so Rich does not split names across lines
+BOX = re.compile(r"[│╭╮╰╯─]+")
+GROUPS = {group.name: group.typer_instance for group in app.registered_groups}
+COMMANDS = ([[command.name] for command in app.registered_commands] + [[name] for name in GROUPS]
+            + [[name, command.name] for name, group in GROUPS.items() for command in group.registered_commands])
+
+
+def help_of(*command: str) -> str:
+    """`wsss COMMAND --help`, checked to exit 0, with Rich's boxes removed and whitespace runs made one space."""
+    result = runner.invoke(app, [*command, "--help"], env=WIDE)
     assert result.exit_code == 0, result.output
-    assert "Usage" in result.output
+    return " ".join(BOX.sub(" ", result.output).split())
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def option_help(text: str, option: str) -> str:
+    """The row of `option` in a normalised help text, from its type (`<int>`) up to the next option's row."""
+    row = r" (?:-\w+ |--[\w-]+ )?<"  # an option row: its name, maybe a short or --no- form, then its type
+    match = re.search(rf"(?<!\S){re.escape(option)}{row[:-1]}(<.*?)(?= --[\w-]+{row}|$)", text)
+    assert match, f"{option} not in help: {text}"
+    return match.group(1)
+
+
+def assert_lists(text: str, names) -> None:
+    """Each name shown as a registry's help shows it: 'name (summary)'."""
+    missing = [name for name in names if not re.search(rf"(?<![\w-]){re.escape(name)} \(", text)]
+    assert not missing, f"{missing} not in: {text}"
+
+
+def docstring(callback) -> str:
+    return normalised(callback.__doc__)
+
+
+def callback_of(command: list[str]):
+    commands = app.registered_commands if len(command) == 1 else GROUPS[command[0]].registered_commands
+    return next(c.callback for c in commands if c.name == command[-1])
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command):
+    text = help_of(*command)
+    assert re.search(rf"Usage: \S+ {re.escape(' '.join(command))} \[OPTIONS\]", text), text
+    if command[0] in GROUPS and len(command) == 1:
+        assert normalised(GROUPS[command[0]].info.help) in text
+    else:
+        assert docstring(callback_of(command)) in text
+
+
+def test_top_level_help_lists_every_command_and_group():
+    text = help_of()
+    commands = text[text.index("Commands"):]
+    for command in app.registered_commands:  # each row: the name, then its docstring's first words
+        first_words = " ".join(docstring(command.callback).split()[:4])
+        assert f" {command.name} {first_words}" in commands, (command.name, commands)
+    for name, group in GROUPS.items():
+        assert f" {name} {normalised(group.info.help)}" in commands
+        group_text = help_of(name)
+        for command in group.registered_commands:
+            first_words = " ".join(docstring(command.callback).split()[:4])
+            assert f" {command.name} {first_words}" in group_text, (command.name, group_text)
+
+
+def assert_defaults(text: str, defaults: dict) -> None:
+    for option, value in defaults.items():
+        assert f"[default: {value}]" in option_help(text, option), (option, value, option_help(text, option))
+
+
+def test_train_cam_help_names_every_method_addon_and_backbone_with_the_config_defaults():
+    text = help_of("train-cam")
+    assert_lists(option_help(text, "--method"), CAM_METHODS.names())
+    assert_lists(option_help(text, "--aux"), CAM_ADDONS.names())
+    assert_lists(option_help(text, "--backbone"), BACKBONES.names())
+    config = TrainCamConfig()
+    assert_defaults(text, {
+        "--method": config.method, "--epochs": config.epochs, "--batch-size": config.batch_size, "--lr": config.lr,
+        "--head-lr-mult": config.head_lr_mult, "--weight-decay": config.weight_decay,
+        "--base-size": config.base_size, "--crop-size": config.crop_size,
+        "--scale-range": ",".join(map(str, config.scale_range)), "--workers": config.workers,
+        "--device": config.device, "--seed": config.seed, "--train-split": config.train_split,
+        "--val-split": config.val_split, "--backbone": config.model.backbone,
+        "--output-stride": config.model.output_stride, "--pretrained": config.model.pretrained,
+    })
+    assert option_help(text, "--epochs").startswith("<int range> [x>=1]")
+
+
+def test_segment_help_names_every_method_and_contrast_with_the_config_defaults():
+    text = help_of("segment")
+    assert_lists(option_help(text, "--method"), SEGMENT_METHODS.names())
+    assert_lists(option_help(text, "--contrast"), SEGMENT_CONTRASTS.names())
+    assert_lists(option_help(text, "--backbone"), BACKBONES.names())
+    config = SegmentConfig()
+    assert config.epochs != TrainCamConfig().epochs  # so the check below tells the two commands' defaults apart
+    assert_defaults(text, {
+        "--method": config.method, "--epochs": config.epochs, "--lr": config.lr,
+        "--head-lr-mult": config.head_lr_mult, "--batch-size": config.batch_size, "--labels": config.labels,
+        "--pseudo": config.pseudo, "--aspp-rates": ",".join(map(str, config.model.aspp_rates)),
+        "--predict": ",".join(config.predict_splits), "--test-scales": ",".join(map(str, config.test_scales)),
+        "--backbone": config.model.backbone, "--output-stride": config.model.output_stride,
+    })
+
+
+def test_pseudo_label_help_names_every_refinement():
+    text = help_of("pseudo-label")
+    assert_lists(option_help(text, "--refine"), REFINEMENTS.names())
+    config = PseudoLabelConfig()
+    assert_defaults(text, {"--refine": config.refine, "--fg-threshold": config.fg_threshold,
+                           "--bg-threshold": config.bg_threshold, "--saliency-threshold": config.saliency_threshold})
+
+
+def test_saliency_help_names_every_source():
+    text = help_of("saliency")
+    assert_lists(option_help(text, "--source"), SALIENCY_SOURCES.names())
+    assert_defaults(text, {"--source": SaliencyConfig().source})
 
 
 def test_synth_help_documents_the_failure_mode_knobs():

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages.methods import CAM_METHODS  # noqa: E402
+from stages.registry import CAM_METHODS  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")

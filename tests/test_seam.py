@@ -242,7 +242,8 @@ def test_loss_weights_scale_the_terms():
 
 
 def test_built_by_the_registry_with_options():
-    from stages.methods import CAM_METHODS, build_cam_model
+    from stages.methods import build_cam_model
+    from stages.registry import CAM_METHODS
 
     assert CAM_METHODS.get("seam") is SeamCam
     model = build_cam_model("seam", CamModelConfig("resnet10", 16), 2,

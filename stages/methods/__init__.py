@@ -133,5 +133,5 @@ def _convert(value: Any, default: Any, key: str) -> Any:
         raise UserError(f"option {key}={value!r}: expected a {type(default).__name__} like {default!r}") from None
 
 
-__all__ = ["CAM_ADDONS", "CAM_METHODS", "SEGMENT_CONTRASTS", "SEGMENT_METHODS", "CamTraining", "build_aux_loss",
-           "build_cam_model", "build_segment_method", "cam_model_from_checkpoint", "method_options", "training_terms"]
+__all__ = ["CamTraining", "build_aux_loss", "build_cam_model", "build_segment_method", "cam_model_from_checkpoint",
+           "method_options", "training_terms"]

@@ -9,7 +9,8 @@ sums, no loading or writing) on one batch of the synthetic set (16 images, 128x1
 images, 500x375), in float32 and bfloat16; the options take turns round after round and the median counts.
 torch.compile's first calls (compilation, once per input shape) are timed apart; torch.profiler gives each
 operator's share of the time with the chosen budget. Results:
-benchmarks/results/inference_options.json and the table in benchmarks/README.md between the bench:inference-options markers.
+benchmarks/results/inference_options.json and the table in benchmarks/README.md between the bench:inference-options
+markers.
 """
 
 from __future__ import annotations

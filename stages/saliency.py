@@ -1,7 +1,8 @@
 """Stage `saliency`: saliency maps for a split, from the built-in method or a directory of the user's maps.
 
 Input: the run's dataset index and a source: a registered one (`mbd`, built-in Minimum Barrier saliency, no
-weights needed; stages/data/saliency_maps.py) or a directory of grayscale `<id>.png` maps (e.g. PoolNet's, as L2G's users download).
+weights needed; stages/data/saliency_maps.py) or a directory of grayscale `<id>.png` maps (e.g. PoolNet's, as
+L2G's users download).
 Output: `saliency/<id>.png` (8-bit grayscale, 255 = salient) and `saliency/info-<split>.json`: the source and, where
 the split has ground truth, the maps' quality against the ground-truth foreground (MAE, max F-measure).
 The maps are what L2G's shape transfer (`train-cam --method l2g`) and `pseudo-label --refine saliency` read.

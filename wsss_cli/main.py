@@ -33,7 +33,8 @@ app.add_typer(data_app, name="data")
 
 # Option defaults come from the stage configs, so the CLI and the Python API cannot disagree.
 SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
-SALIENCY, EVALUATE, REPORT, VOC, FOLDER = SaliencyConfig(), EvaluateConfig(), ReportConfig(), VocDataConfig(), FolderDataConfig()
+SALIENCY, EVALUATE, REPORT = SaliencyConfig(), EvaluateConfig(), ReportConfig()
+VOC, FOLDER = VocDataConfig(), FolderDataConfig()
 
 
 def user_message(error: UserError) -> str:
@@ -317,7 +318,8 @@ def segment(
     config = SegmentConfig(
         method=method, method_options=key_values(option), contrast=contrast,
         contrast_options=key_values(contrast_option, "--contrast-option"), saliency_dir=saliency,
-        labels=labels.value, pseudo=pseudo, model=SegModelConfig(**backbone, aspp_rates=ints(aspp_rates, "--aspp-rates")),
+        labels=labels.value, pseudo=pseudo,
+        model=SegModelConfig(**backbone, aspp_rates=ints(aspp_rates, "--aspp-rates")),
         predict_splits=names(predict), test_scales=floats(test_scales, "--test-scales"), test_flip=test_flip, crf=crf,
         **training,
     )

@@ -1,8 +1,8 @@
 """CAM training methods, plugged into `wsss train-cam --method NAME` by name.
 
 Every method and add-on is registered by name in `stages.registry` (CAM_METHODS, CAM_ADDONS, SEGMENT_METHODS,
-SEGMENT_CONTRASTS, re-exported here); the builders below look their classes up there, which imports a method's
-module only when it is used. Tensor helpers several methods share live in `common`.
+SEGMENT_CONTRASTS); the builders below look their classes up there, which imports a method's module only when
+it is used. Tensor helpers several methods share live in `common`.
 
 A method is an `nn.Module` class built as `Method(CamModelConfig, num_classes, Method.Options(...))`, with:
   - `Options`: a frozen dataclass of the method's own hyper-parameters (`train-cam --option KEY=VALUE`);

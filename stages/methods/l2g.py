@@ -20,7 +20,8 @@ scripts/train_l2g_sal_voc.py, models/resnet38.py, utils/LoadData.py, train_l2g_s
   - Backbones: the project's torchvision ResNets (OS 16 by default; the local one may differ, `local_backbone`)
     instead of ResNet-38 (OS 8). The official networks also add SEAM's PCM block to the class map (features of
     the last two stages and the image, a cosine affinity applied to the CAM); it is not part of L2G's mechanism
-    and is left out here (on this benchmark the PCM blurred CAMs, see benchmarks/README.md "Why SEAM does not help here").
+    and is left out here (on this benchmark the PCM blurred CAMs, see benchmarks/README.md "Why SEAM does not help
+    here").
   - Sizes scaled to our crops: views of 0.714 x the crop (official 320 of 448), so 80 px views of 112 px crops.
   - RoIAlign with `aligned=True` (the half-pixel-correct box mapping, consistent with how CAMs are upsampled);
     the official code uses the default `aligned=False`, which shifts boxes by half a feature cell.

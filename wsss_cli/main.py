@@ -85,7 +85,7 @@ def data_synth(
     run: RunOption = DEFAULT_RUN,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the images (default RUN/synth). Reused if it "
                                                      "already holds the same config.")] = None,
-    seed: SeedOption = 0,
+    seed: SeedOption = SYNTH.seed,
     num_train: Annotated[int, typer.Option(min=1, help="Training images.")] = SYNTH.num_train,
     num_val: Annotated[int, typer.Option(min=1, help="Validation images.")] = SYNTH.num_val,
     image_size: Annotated[int, typer.Option(min=32, help="Square image side in pixels.")] = SYNTH.image_size,
@@ -103,7 +103,7 @@ def data_synth(
     colour_jitter: Annotated[float, typer.Option(help="Brightness/contrast/saturation jitter.")] = SYNTH.colour_jitter,
     noise_std: Annotated[float, typer.Option(help="Gaussian pixel noise (0-255 scale).")] = SYNTH.noise_std,
     jpeg_quality: Annotated[str, typer.Option(help="MIN,MAX JPEG quality.")] = joined(SYNTH.jpeg_quality),
-    workers: WorkersOption = 2,
+    workers: WorkersOption = SynthDataConfig().workers,
     force: ForceOption = False,
 ):
     """Generate the synthetic benchmark (VOC layout, deterministic for a seed) and index it for the run."""

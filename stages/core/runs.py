@@ -89,11 +89,11 @@ class Run(Layout):
         stage runs. Returns its metrics (the recorded ones when it is skipped)."""
         processes()  # under torchrun: join the process group first, so that only the main process speaks
         config = config_record(stage.config)
-        done = None if force else self._recorded_metrics(stage.key, config, stage.inputs)
+        input_prints = {self._relative(p): fingerprint(p) for p in stage.inputs}  # as the stage starts
+        done = None if force else self._recorded_metrics(stage.key, config, input_prints)
         if done is not None:
             return done
         self.root.mkdir(parents=True, exist_ok=True)
-        input_prints = {self._relative(p): fingerprint(p) for p in stage.inputs}
         started = datetime.now(timezone.utc)
         clock = time.perf_counter()
         metrics = stage.work()
@@ -120,15 +120,16 @@ class Run(Layout):
         return resumable_directory(folder, {**comparable(config_record(stage.config)),
                                             "inputs": [fingerprint(p) for p in stage.inputs], **identity}, processes())
 
-    def _recorded_metrics(self, key: str, config: dict[str, Any], inputs: list[Path]) -> dict[str, Any] | None:
+    def _recorded_metrics(self, key: str, config: dict[str, Any], input_prints: dict[str, str | None]
+                          ) -> dict[str, Any] | None:
         """The recorded metrics of stage `key` if it need not run again (and says so), else None: it ran to the
-        end with this config, its inputs are unchanged since, and its outputs are still as it wrote them."""
+        end with this config, its inputs (`input_prints`, their fingerprints now) are unchanged since, and its
+        outputs are still as it wrote them."""
         entry = self.manifest()["stages"].get(key)
         if entry is None or "fingerprints" not in entry:
             return None
         recorded = entry["fingerprints"]
-        current_inputs = {self._relative(p): fingerprint(p) for p in inputs}
-        if (comparable(entry["config"]) != comparable(config) or recorded["inputs"] != current_inputs
+        if (comparable(entry["config"]) != comparable(config) or recorded["inputs"] != input_prints
                 or any(fingerprint(self.root / path) != value for path, value in recorded["outputs"].items())):
             return None
         console.print(f"{key}: up to date (same config and inputs as its run of {entry['started']}); "

@@ -1,6 +1,6 @@
 """This checkout against another (e.g. `git worktree add /tmp/before COMMIT`), for a change that must keep
 behaviour: the same tiny pipeline run by each, its artifacts compared bit for bit; `wsss --help` start-up time,
-the two alternating round by round, and whether it loads torch; and the imports between stage modules.
+the two alternating round by round, and whether it loads torch; and the imports between stage modules, and how many modules following `stages.segment`'s imports crosses.
 
     python benchmarks/compare_trees.py --against /tmp/before [--rounds 5]
 
@@ -63,6 +63,25 @@ def stage_imports(tree: Path) -> list[list[str]]:
     return sorted(map(list, edges))
 
 
+def reachable_from(tree: Path, start: str = "stages.segment") -> int:
+    """How many modules of `stages` a reader crosses following `start`'s imports, transitively."""
+    files = {".".join(p.relative_to(tree).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (tree / "stages").rglob("*.py")}
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in files:
+            continue
+        seen.add(module)
+        package = module.split(".") if files[module].name == "__init__.py" else module.split(".")[:-1]
+        for node in ast.walk(ast.parse(files[module].read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                name = base + (node.module.split(".") if node.module else [])
+                todo += [".".join(name)] + [".".join(name + [alias.name]) for alias in node.names]
+    return len(seen)
+
+
 def artifacts(run: Path) -> dict[str, object]:
     """What the chain wrote, as comparable values: checkpoint tensors, CAM arrays, mask pixels."""
     import h5py
@@ -109,6 +128,7 @@ def main() -> None:
         "help_seconds": startup,
         "help_loads_torch": {label: loads_torch(tree) for label, tree in trees.items()},
         "stage_imports": {label: stage_imports(tree) for label, tree in trees.items()},
+        "modules_reached_from_segment": {label: reachable_from(tree) for label, tree in trees.items()},
         "artifacts_compared": len(this.keys() & other.keys()),
         "artifacts_only_in_one": sorted(this.keys() ^ other.keys()),
         "artifacts_differing": differing,

@@ -50,35 +50,41 @@ def loads_torch(tree: Path) -> bool:
                           text=True).stdout.strip() == "True"
 
 
+def stages_modules(tree: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the tree's `stages` package."""
+    return {".".join(p.relative_to(tree).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (tree / "stages").rglob("*.py")}
+
+
+def module_imports(files: dict[str, Path], module: str) -> set[str]:
+    """The modules of `files` that `module` imports (relative imports resolved against its package)."""
+    package = module.split(".") if files[module].name == "__init__.py" else module.split(".")[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(files[module].read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            name = base + (node.module.split(".") if node.module else [])
+            names.update([".".join(name)] + [".".join(name + [alias.name]) for alias in node.names])
+    return names & files.keys()
+
+
 def stage_imports(tree: Path) -> list[list[str]]:
-    """(importer, imported) pairs of stage modules, relative imports resolved."""
-    edges = set()
-    for name in STAGE_MODULES:
-        path = tree / "stages" / f"{name}.py"
-        if not path.exists():
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in STAGE_MODULES:
-                edges.add((name, node.module))
-    return sorted(map(list, edges))
+    """(importer, imported) pairs of stage modules."""
+    files = stages_modules(tree)
+    stages = {f"stages.{name}" for name in STAGE_MODULES} & files.keys()
+    return sorted([a.removeprefix("stages."), b.removeprefix("stages.")]
+                  for a in stages for b in module_imports(files, a) & stages)
 
 
 def reachable_from(tree: Path, start: str = "stages.segment") -> int:
     """How many modules of `stages` a reader crosses following `start`'s imports, transitively."""
-    files = {".".join(p.relative_to(tree).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in (tree / "stages").rglob("*.py")}
+    files = stages_modules(tree)
     seen, todo = set(), [start]
     while todo:
         module = todo.pop()
-        if module in seen or module not in files:
-            continue
-        seen.add(module)
-        package = module.split(".") if files[module].name == "__init__.py" else module.split(".")[:-1]
-        for node in ast.walk(ast.parse(files[module].read_text())):
-            if isinstance(node, ast.ImportFrom):
-                base = package[:len(package) - node.level + 1] if node.level else []
-                name = base + (node.module.split(".") if node.module else [])
-                todo += [".".join(name)] + [".".join(name + [alias.name]) for alias in node.names]
+        if module not in seen:
+            seen.add(module)
+            todo += module_imports(files, module)
     return len(seen)
 
 

@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 WSSS := $(BIN)/wsss
 RUN ?= runs/default
 SEED ?= 0
+# Extra options for the chain's stages, e.g. the pretrained regime (benchmarks/regimes.py):
+#   make all CAM_OPTIONS="--backbone efficientnet_lite0 --pretrained imagenet --lr 0.01" SEGMENT_OPTIONS="..."
+DATA_OPTIONS ?=
+CAM_OPTIONS ?=
+SEGMENT_OPTIONS ?=
 
 .PHONY: all venv test bench bench-throughput clean
 
@@ -23,15 +28,15 @@ venv: $(STAMP)
 # CAM inference drops IRN's scale 2.0 here: on this benchmark it measured no gain (CAM mIoU 54.0 with it, 54.1
 # without) for twice the time, and `make all` must fit in 10 minutes on 2 CPU cores.
 all: $(STAMP)
-	$(WSSS) data synth --run $(RUN) --seed $(SEED)
-	$(WSSS) train-cam --run $(RUN) --seed $(SEED)
+	$(WSSS) data synth --run $(RUN) --seed $(SEED) $(DATA_OPTIONS)
+	$(WSSS) train-cam --run $(RUN) --seed $(SEED) $(CAM_OPTIONS)
 	$(WSSS) infer-cam --run $(RUN) --split train --scales 1.0,0.5,1.5
 	$(WSSS) evaluate cams --run $(RUN) --split train
 	$(WSSS) pseudo-label --run $(RUN) --refine none
 	$(WSSS) evaluate pseudo/none --run $(RUN) --split train
 	$(WSSS) pseudo-label --run $(RUN) --refine crf
 	$(WSSS) evaluate pseudo/crf --run $(RUN) --split train
-	$(WSSS) segment --run $(RUN) --labels pseudo --pseudo crf --predict val,train --seed $(SEED)
+	$(WSSS) segment --run $(RUN) --labels pseudo --pseudo crf --predict val,train --seed $(SEED) $(SEGMENT_OPTIONS)
 	$(WSSS) evaluate segment/pseudo-crf --run $(RUN) --split val
 	$(WSSS) report --run $(RUN) --split train
 	$(WSSS) summary --run $(RUN)

@@ -41,7 +41,7 @@ from stages.core.checkpoint import load_checkpoint  # noqa: E402
 from stages.core.device import autocast, cpu_has_native_bf16, forward_pixel_budget  # noqa: E402
 from stages.core.io import load_image  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
-from stages.data.loading import normalize  # noqa: E402
+from stages.core.normalization import Normalization  # noqa: E402
 from stages.config import InferCamConfig  # noqa: E402
 from stages.infer_cam import infer_cam  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
@@ -138,7 +138,7 @@ def reference_infer(model, samples, scales, out_dir: Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     for sample in samples:
-        image = normalize(load_image(sample.image))[None]
+        image = Normalization()(load_image(sample.image))[None]
         height, width = image.shape[-2:]
         total = torch.zeros(0)
         for scale in scales:
@@ -199,7 +199,7 @@ def network_seconds(model, samples, scales) -> dict[str, float]:
     forwards = []
     for group in by_size.values():
         for start in range(0, len(group), batch_size):
-            images = torch.stack([normalize(load_image(s.image)) for s in group[start:start + batch_size]])
+            images = torch.stack([Normalization()(load_image(s.image)) for s in group[start:start + batch_size]])
             height, width = images.shape[-2:]
             for scale in scales:
                 scaled = F.interpolate(images, size=(round(height * scale), round(width * scale)), mode="bilinear",

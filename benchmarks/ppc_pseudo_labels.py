@@ -83,7 +83,7 @@ def score_run(run_dir: Path, images: int, options: PpcOptions) -> dict:
     dataset = run.dataset()
     samples = dataset.split("train")[:images]
     augment = Augment(config.base_size, config.crop_size, TrainCamConfig().scale_range)
-    loader = DataLoader(SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=True, seed=0), batch_size=16,
+    loader = DataLoader(SplitDataset(samples, dataset.num_classes, model.normalization, augment=augment, with_masks=True, seed=0), batch_size=16,
                         drop_last=True)
     tallies = {"first": Tally(), "second": Tally()}
     shapes = {}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from stages.core.checkpoint import load_checkpoint  # noqa: E402
 from stages.core.io import IGNORE_INDEX, load_image  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
-from stages.data.loading import normalize  # noqa: E402
+from stages.core.normalization import Normalization  # noqa: E402
 from stages.evaluate import labelled_samples, load_ground_truth  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
 from stages.methods.common import max_norm  # noqa: E402
@@ -84,7 +84,7 @@ def measure(run_dir: Path, split: str, scale: float, limit: int) -> dict:
     errors = dict.fromkeys(functions, 0.0)
     focus = np.zeros(4)
     for sample in samples:
-        image = normalize(load_image(sample.image))[None]
+        image = Normalization()(load_image(sample.image))[None]
         labels = torch.zeros(1, len(payload["class_names"]) - 1)
         labels[0, [c - 1 for c in sample.labels]] = 1
         for name, function in functions.items():

@@ -2,7 +2,8 @@
 
 Input: the run's CAM checkpoint and dataset index. Output: the split's CAM file (see `core.camstore`).
 As in IRN's make_cam: for each scale the image and its flip go through the network, the maps are upsampled
-to the image size and summed over scales and flips, then each labelled class is divided by its maximum.
+to the image size rounded up to a multiple of the output stride (`strided_up_size`), cropped to the image and
+summed over scales and flips, then each labelled class is divided by its maximum.
 Images of equal size are batched together (in order of size, so VOC's mixed sizes batch too), and each scale's
 views go through the network in cache-sized chunks (`core.device.forward_pixel_budget`); benchmarks/infer_cam.py
 measures this against the one-image-at-a-time way of the IRN/SEAM code.
@@ -20,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import InferCamConfig
+from .config import CamModelConfig, InferCamConfig
 from .core.camstore import CamReader, CamWriter
-from .core.checkpoint import load_checkpoint
+from .core.checkpoint import checkpoint_normalization, load_checkpoint, model_config
 from .core.console import console, progress_bar
 from .core.device import memory_format, resolve_device, seed_everything
 from .core.distributed import processes
@@ -48,6 +49,8 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
         device = resolve_device(config.device)
         seed_everything(config.seed)
         model = cam_model_from_checkpoint(checkpoint, checkpoint_path).to(device, memory_format=memory_format(device))
+        normalization = checkpoint_normalization(checkpoint, checkpoint_path)
+        output_stride = model_config(CamModelConfig, checkpoint, checkpoint_path).output_stride
         cam_function = model.raw_cams if config.raw and hasattr(model, "raw_cams") else model.cams
         parts_dir = output.parent / f".{output.name}.parts"
         attributes = dict(class_names=dataset.class_names, split=config.split, scales=list(config.scales),
@@ -65,9 +68,10 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
             task = bar.add_task("infer-cam", total=sum(len(part) for _, part in todo), status="")
             for path, part in todo:
                 with CamWriter(path, **attributes) as writer:
-                    for batch_samples, images in same_size_batches(part, config.batch_size, config.workers):
+                    for batch_samples, images in same_size_batches(part, normalization, config.batch_size,
+                                                                                   config.workers):
                         cams = fused_cams(cam_function, images.to(device), config.scales, config.flip, device,
-                                          config.amp)
+                                          config.amp, output_stride)
                         for sample, sample_cams in zip(batch_samples, cams):
                             classes = np.array(sample.labels, dtype=np.int64)
                             writer.write(sample.id, normalise_per_class(sample_cams[classes - 1]), classes)
@@ -91,9 +95,10 @@ def merge_parts(parts: list[Path], output: Path, attributes: dict) -> None:
 
 
 def fused_cams(cam_function, images: torch.Tensor, scales, flip: bool, device: torch.device,
-               amp: bool = True) -> np.ndarray:
-    """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised."""
-    return multi_scale_sum(cam_function, images, scales, flip, device, amp).cpu().numpy()
+               amp: bool = True, output_stride: int = 1) -> np.ndarray:
+    """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised;
+    `output_stride`: the network's (see `multi_scale_sum`)."""
+    return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride).cpu().numpy()
 
 
 def normalise_per_class(cams: np.ndarray) -> np.ndarray:

@@ -23,9 +23,13 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str, *entries: Entry):
+    def __init__(self, kind: str, *entries: Entry, fallback: str = "", fallback_help: str = ""):
+        """`fallback` ("module:function"): for a name not registered, `function(name)` gives the object or None;
+        `fallback_help` says which names it takes ("any timm model name")."""
         self.kind = kind  # "CAM method", for messages
         self._entries = {entry.name: entry for entry in entries}
+        self._fallback = fallback
+        self._fallback_help = fallback_help
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -37,19 +41,37 @@ class Registry:
         return iter(self._entries)
 
     def check(self, name: str) -> str:
-        """`name`, or a one-line error listing the registered names."""
-        if name not in self._entries:
-            raise UserError(f"unknown {self.kind} {name!r} (choose from {', '.join(self._entries)})")
+        """`name`, or a one-line error listing the registered names (and what the fallback takes)."""
+        if name in self._entries or not self._fallback:
+            self._registered(name)
+        else:
+            self.get(name)
         return name
 
     def get(self, name: str) -> Any:
-        """The registered object (class or builder), imported on first use."""
-        module, _, attribute = self._entries[self.check(name)].target.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        """The registered object (class or builder), imported on first use; else the fallback's."""
+        if name not in self._entries and self._fallback:
+            found = _attribute(self._fallback)(name)
+            if found is None:
+                raise UserError(f"unknown {self.kind} {name!r} (choose from {', '.join(self._entries)}, "
+                                f"or {self._fallback_help})")
+            return found
+        return _attribute(self._registered(name).target)
+
+    def _registered(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise UserError(f"unknown {self.kind} {name!r} (choose from {', '.join(self._entries)})")
+        return self._entries[name]
 
     def help(self) -> str:
         """'name (summary), name (summary)' for an option's help text."""
-        return ", ".join(f"{entry.name} ({entry.summary})" for entry in self._entries.values())
+        listed = ", ".join(f"{entry.name} ({entry.summary})" for entry in self._entries.values())
+        return listed + (f", or {self._fallback_help}" if self._fallback else "")
+
+
+def _attribute(target: str) -> Any:
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 CAM_METHODS = Registry(
@@ -91,6 +113,13 @@ BACKBONES = Registry(
     Entry("resnet34", "stages.models.backbone:RESNET34", "torchvision ResNet-34"),
     Entry("resnet50", "stages.models.backbone:RESNET50", "torchvision ResNet-50"),
     Entry("resnet101", "stages.models.backbone:RESNET101", "torchvision ResNet-101"),
+    Entry("efficientnet_lite0", "stages.models.backbone:EFFICIENTNET_LITE0",
+          "timm tf_efficientnet_lite0, ImageNet weights offline"),
+    Entry("efficientnet_lite1", "stages.models.backbone:EFFICIENTNET_LITE1",
+          "timm tf_efficientnet_lite1, ImageNet weights offline"),
+    Entry("efficientnet_lite2", "stages.models.backbone:EFFICIENTNET_LITE2",
+          "timm tf_efficientnet_lite2, ImageNet weights offline"),
+    fallback="stages.models.backbone:timm_spec", fallback_help="any timm model name (ImageNet weights downloaded)",
 )
 
 SALIENCY_SOURCES = Registry(

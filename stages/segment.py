@@ -75,7 +75,7 @@ def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: boo
         trainer.to(device, memory_format=memory_format(device))
         step_losses = distributed(trainer, device, procs)
         augment = Augment(config.base_size, config.crop_size, config.scale_range)
-        train_set = SplitDataset(samples, dataset.num_classes, augment=augment, with_masks=method.uses_masks,
+        train_set = SplitDataset(samples, dataset.num_classes, model.normalization, augment=augment, with_masks=method.uses_masks,
                                  mask_dir=mask_dir, seed=config.seed, saliency_dir=saliency_dir)
         if method.uses_masks:
             check_mask_sizes(samples, train_set.mask_path)
@@ -102,7 +102,8 @@ def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: boo
                                description=f"segment {config.tag}", state=state, procs=procs)
         if procs.is_main:
             save_checkpoint(checkpoint, kind="segmenter", config=asdict(config), class_names=dataset.class_names,
-                            model=model, metrics={"epochs": history})
+                            model=model, normalization=model.normalization,
+                            metrics={"epochs": history})
         trainer.eval()
         for split, predicted in predictions.items():
             finished = run.resumable_folder(stage, predicted, checkpoint=fingerprint(checkpoint))
@@ -149,7 +150,8 @@ def write_seed_masks(method, samples, out_dir: Path, saliency_dir: Path, config:
     ignored = total = 0
     with progress_bar() as bar:
         task = bar.add_task(f"seeds {config.method}", total=len(samples), status="")
-        for batch_samples, images in same_size_batches(samples, config.batch_size, config.workers):
+        for batch_samples, images in same_size_batches(samples, method.segmenter.normalization, config.batch_size,
+                                                        config.workers):
             labels = torch.stack([multi_hot(s.labels, num_foreground) for s in batch_samples])
             maps = torch.stack([torch.from_numpy(saliency(s.id, load_image(s.image))) for s in batch_samples])
             with autocast(device, config.amp):
@@ -179,7 +181,7 @@ def predict(model: DeepLab, samples, out_dir: Path, finished: set[str], config: 
     pending: deque = deque()
     with progress_bar() as bar, crf_pool or contextlib.nullcontext():
         task = bar.add_task(f"predict {out_dir.name}" + (" + crf" if config.crf else ""), total=len(todo), status="")
-        for batch_samples, images in same_size_batches(todo, config.batch_size, config.workers):
+        for batch_samples, images in same_size_batches(todo, model.normalization, config.batch_size, config.workers):
             probabilities = _multi_scale_softmax(model, images.to(device), config, device)
             for sample, probs in zip(batch_samples, probabilities):
                 path = out_dir / f"{sample.id}.png"

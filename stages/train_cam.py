@@ -50,7 +50,7 @@ def train_cam(run: Run, config: TrainCamConfig, *, resume: bool = False, force: 
         trained.to(device, memory_format=memory_format(device))
         step_losses = distributed(trained, device, procs)
         augment = Augment(config.base_size, config.crop_size, config.scale_range)
-        train_set = SplitDataset(train_samples, num_classes, augment=augment, seed=config.seed,
+        train_set = SplitDataset(train_samples, num_classes, model.normalization, augment=augment, seed=config.seed,
                                  saliency_dir=saliency_dir)
         loader = training_loader(train_set, config.batch_size, config.workers, device, config.seed, procs)
         backbone_params, head_params = model.param_groups()
@@ -66,7 +66,7 @@ def train_cam(run: Run, config: TrainCamConfig, *, resume: bool = False, force: 
             return step_losses(images, labels, **extra)
 
         # Validation images are resized to the crop size (no randomness) so they batch whatever their size.
-        val_set = SplitDataset(val_samples, num_classes, seed=config.seed,
+        val_set = SplitDataset(val_samples, num_classes, model.normalization, seed=config.seed,
                                augment=Augment(config.crop_size, config.crop_size, (1.0, 1.0), flip=False))
 
         def on_epoch_end(epoch: int, log: dict[str, float]) -> None:
@@ -87,7 +87,8 @@ def train_cam(run: Run, config: TrainCamConfig, *, resume: bool = False, force: 
         metrics["epoch_seconds"] = round(float(np.mean([m["seconds"] for m in epoch_metrics])), 2)
         if procs.is_main:
             save_checkpoint(checkpoint, kind="cam", config=asdict(config), class_names=dataset.class_names,
-                            model=model, metrics={"epochs": epoch_metrics})
+                            model=model, normalization=model.normalization,
+                            metrics={"epochs": epoch_metrics})
         state.discard(procs)
         return metrics
 

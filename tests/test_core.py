@@ -93,9 +93,10 @@ def test_cam_reader_rejects_other_schema(tmp_path):
 
 
 def test_checkpoint_round_trip_and_kind_check(tmp_path):
+    from stages.core.normalization import Normalization
     model = torch.nn.Linear(3, 2)
     save_checkpoint(tmp_path / "c.pt", kind="cam", config={"lr": 0.1}, class_names=["background", "a"],
-                    model=model, metrics={"m": 1.0})
+                    model=model, normalization=Normalization(), metrics={"m": 1.0})
     payload = load_checkpoint(tmp_path / "c.pt", "cam")
     assert payload["config"] == {"lr": 0.1}
     other = torch.nn.Linear(3, 2)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from stages.core.io import load_mask
 from stages.data.index import DatasetIndex
+from stages.metrics import DEFAULT_THRESHOLDS
 from wsss_cli.main import app
 
 runner = CliRunner()
@@ -90,7 +91,7 @@ def test_predictions_and_evaluations_exist(run_dir):
     for name in ("cams_train", "pseudo-none_train", "pseudo-crf_train", "segment-pseudo-crf_val", "segment-gt_val"):
         assert (run_dir / "eval" / f"{name}.json").is_file(), name
     cams = json.loads((run_dir / "eval" / "cams_train.json").read_text())
-    assert len(cams["curve"]) == 61 and cams["curve"][0][0] == 0.0
+    assert len(cams["curve"]) == len(DEFAULT_THRESHOLDS) and cams["curve"][0][0] == 0.0
     best_threshold, best_miou = max(cams["curve"], key=lambda point: point[1])
     assert (cams["best_threshold"], cams["miou"]) == (best_threshold, pytest.approx(best_miou))
 

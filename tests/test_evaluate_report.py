@@ -16,6 +16,7 @@ from stages.data.index import DatasetIndex, Sample
 from stages.evaluate import evaluate, labelled_samples, score_cams
 from stages.report import jet, report
 from stages.results import per_class_table, results_table
+from stages.metrics import DEFAULT_THRESHOLDS
 
 # The last class name checks that the report escapes what it writes into HTML.
 CLASS_NAMES = ["background", "a", "b<i>"]
@@ -86,7 +87,7 @@ def perturbed_masks() -> dict[str, np.ndarray]:
     return masks
 
 
-def test_perfect_cams_score_one_at_every_threshold(run):
+def test_perfect_cams_score_one_at_every_threshold_below_one(run):
     cam_file = run.path("cams", "train.h5")
     write_perfect_cams(cam_file)
     calls = []
@@ -96,7 +97,10 @@ def test_perfect_cams_score_one_at_every_threshold(run):
     result = evaluated(run, "cams")
     assert result["kind"] == "cam" and result["num_images"] == 3 and result["split"] == "train"
     assert result["miou"] == 1.0 and result["best_threshold"] == 0.0
-    assert len(result["curve"]) == 61 and all(miou == 1.0 for _, miou in result["curve"])
+    assert len(result["curve"]) == len(DEFAULT_THRESHOLDS)
+    # The CAMs are 1 on their objects: at the threshold 1.0 the background wins the tie (as in IRN's argmax).
+    assert all(miou == 1.0 for threshold, miou in result["curve"] if threshold < 1.0)
+    assert result["curve"][-1][0] == 1.0 and result["curve"][-1][1] < 1.0
     assert result["per_class"]["b<i>"] == {"iou": 1.0, "precision": 1.0, "recall": 1.0}
     assert json.loads(run.path("eval", "cams_train.json").read_text()) == result
     stage = run.manifest()["stages"]["evaluate/cams_train"]

@@ -6,10 +6,23 @@ import pytest
 from stages.metrics import DEFAULT_THRESHOLDS, CamThresholdSweep, ConfusionMatrix
 
 
-def test_default_thresholds_are_seams_sweep():
-    assert len(DEFAULT_THRESHOLDS) == 61
-    assert DEFAULT_THRESHOLDS[0] == 0.0 and DEFAULT_THRESHOLDS[-1] == 0.6
+def test_default_thresholds_sweep_the_whole_range_by_hundredths():
+    assert len(DEFAULT_THRESHOLDS) == 101
+    assert DEFAULT_THRESHOLDS[0] == 0.0 and DEFAULT_THRESHOLDS[-1] == 1.0
     assert DEFAULT_THRESHOLDS[25] == 0.25
+
+
+def test_a_cam_value_equal_to_the_threshold_is_background_as_in_irn():
+    """IRN pads the float32 CAMs with the threshold and takes the argmax, the first (background) winning ties;
+    float32(0.3) is above the float64 0.3, so comparing in float64 made it foreground."""
+    cams = np.full((1, 1, 2), 0.3, dtype=np.float32)
+    gt = np.ones((1, 2), dtype=np.uint8)
+    sweep = CamThresholdSweep(2, (0.25, 0.3, 0.35))
+    sweep.update(cams, np.array([1]), gt)
+    foreground = [int(matrix.matrix[1, 1]) for matrix in sweep.matrices()]
+    irn = [int(np.argmax(np.concatenate([np.full((1, 1, 2), t, np.float32), cams]), axis=0).sum()) for t in
+           (0.25, 0.3, 0.35)]
+    assert foreground == irn == [2, 0, 0]
 
 
 def test_confusion_matrix_by_hand():

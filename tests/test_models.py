@@ -10,13 +10,13 @@ from stages.config import CamModelConfig, SegModelConfig
 from stages.core.errors import UserError
 from stages.infer_cam import fused_cams, normalise_per_class
 from stages.methods import build_cam_model
-from stages.models.backbone import Backbone
+from stages.models.backbone import create_backbone
 from stages.models.deeplab import DeepLab
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_backbone_output_stride(output_stride):
-    backbone = Backbone("resnet10", output_stride)
+    backbone = create_backbone("resnet10", output_stride)
     features = backbone(torch.zeros(1, 3, 64, 64))
     # layer1 and layer2 keep strides 4 and 8; layer3 ends at stride min(OS, 16), layer4 at the output stride.
     assert [f.shape[-1] for f in features] == [16, 8, 64 // min(output_stride, 16), 64 // output_stride]
@@ -25,19 +25,19 @@ def test_backbone_output_stride(output_stride):
 
 def test_backbone_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown backbone"):
-        Backbone("vgg16")
+        create_backbone("no_such_net")
     with pytest.raises(UserError, match="no ImageNet weights"):
-        Backbone("resnet10", pretrained="imagenet")
+        create_backbone("resnet10", pretrained="imagenet")
     with pytest.raises(UserError, match="weights file .*not found: .*missing.pth"):
-        Backbone("resnet10", pretrained=str(tmp_path / "missing.pth"))
+        create_backbone("resnet10", pretrained=str(tmp_path / "missing.pth"))
 
 
 def test_backbone_loads_a_weights_file(tmp_path):
-    source = Backbone("resnet10", 32)
+    source = create_backbone("resnet10", 32)
     state = {f"{name.replace('stem.0', 'conv1').replace('stem.1', 'bn1')}": value
              for name, value in source.state_dict().items()}
     torch.save(state, tmp_path / "w.pth")
-    loaded = Backbone("resnet10", 16, pretrained=str(tmp_path / "w.pth"))
+    loaded = create_backbone("resnet10", 16, pretrained=str(tmp_path / "w.pth"))
     assert torch.equal(loaded.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
     assert loaded.layer4[0].conv1.dilation == (2, 2)  # converted after loading, weights unchanged
 
@@ -107,6 +107,29 @@ def test_fused_cams_flip_and_scales_are_aligned():
                                np.full((1, 2, 8, 8), 6.0), rtol=1e-5)
 
 
+class StridedCam(torch.nn.Module):
+    """A stand-in at output stride 4: the 'CAM' is the image average-pooled to ceil(size / 4)."""
+
+    def cams(self, images):
+        return torch.nn.functional.adaptive_avg_pool2d(images[:, :2], [-(-s // 4) for s in images.shape[-2:]])
+
+
+def test_fused_cams_follow_irns_strided_up_size():
+    """IRN's make_cam: each scale's map is upsampled to the size rounded up to the stride, then cropped."""
+    images = torch.rand(1, 3, 10, 13)
+    fused = fused_cams(StridedCam().cams, images, [1.0, 0.5], True, torch.device("cpu"), False, output_stride=4)
+    expected = 0
+    for scale in (1.0, 0.5):
+        scaled = images if scale == 1.0 else torch.nn.functional.interpolate(
+            images, size=(5, 6), mode="bilinear", align_corners=False)
+        maps = StridedCam().cams(scaled) + StridedCam().cams(scaled.flip(-1)).flip(-1)
+        expected = expected + torch.nn.functional.interpolate(maps, size=(12, 16), mode="bilinear",
+                                                              align_corners=False)[..., :10, :13]
+    np.testing.assert_allclose(fused, expected.numpy(), rtol=1e-6, atol=1e-7)
+    straight = fused_cams(StridedCam().cams, images, [1.0, 0.5], True, torch.device("cpu"), False)
+    assert fused.shape == straight.shape and not np.allclose(fused, straight)  # the two ways differ
+
+
 def test_normalise_per_class_scales_each_class_to_one():
     cams = np.array([[[0.0, 2.0], [-1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=np.float32)
     normalised = normalise_per_class(cams)
@@ -131,7 +154,7 @@ def test_imagenet_weights_load_when_available_and_fail_clearly_offline(monkeypat
     weights = resnet.ResNet18_Weights.DEFAULT
     reference = resnet.resnet18()
     monkeypatch.setattr(type(weights), "get_state_dict", lambda self, progress=False: reference.state_dict())
-    loaded = Backbone("resnet18", 16, pretrained="imagenet")
+    loaded = create_backbone("resnet18", 16, pretrained="imagenet")
     assert torch.equal(loaded.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
 
     def offline(self, progress=False):
@@ -139,7 +162,7 @@ def test_imagenet_weights_load_when_available_and_fail_clearly_offline(monkeypat
 
     monkeypatch.setattr(type(weights), "get_state_dict", offline)
     with pytest.raises(UserError, match="cannot load ImageNet weights for resnet18.*--pretrained PATH"):
-        Backbone("resnet18", 16, pretrained="imagenet")
+        create_backbone("resnet18", 16, pretrained="imagenet")
 
 
 def test_method_options_convert_types_and_reject_unknown_keys():
@@ -162,3 +185,21 @@ def test_method_options_convert_types_and_reject_unknown_keys():
         method_options(Options, {"steps": "many"}, "demo")
     with pytest.raises(UserError, match="has no option 'x' \\(its options: view_scale\\)"):
         build_cam_model("baseline", CamModelConfig(), 3, {"x": "1"})
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_timm_backbone_output_stride(output_stride):
+    backbone = create_backbone("efficientnet_lite0", output_stride).eval()
+    with torch.no_grad():
+        features = backbone(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[-1] for f in features] == [16, 8, 64 // min(16, output_stride), 64 // output_stride]
+    assert [f.shape[1] for f in features] == backbone.channels == [24, 40, 112, 320]
+
+
+def test_l2g_local_views_are_renormalised_for_a_local_backbone_of_other_statistics():
+    from stages.core.normalization import Normalization
+    imagenet, half = Normalization(), Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    image = torch.rand(1, 3, 4, 4) * 255
+    as_imagenet = (image / 255 - torch.tensor(imagenet.mean).view(1, 3, 1, 1)) / torch.tensor(imagenet.std).view(1, 3, 1, 1)
+    assert torch.allclose(imagenet.to(half, as_imagenet), (image / 255 - 0.5) / 0.5, atol=1e-5)
+    assert imagenet.to(imagenet, as_imagenet) is as_imagenet

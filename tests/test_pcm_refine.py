@@ -23,7 +23,8 @@ def checkpoint_of(method, path):
     torch.manual_seed(0)
     model = build_cam_model(method, CamModelConfig(), len(CLASSES) - 1)
     config = {"method": method, "method_options": {}, "model": asdict(CamModelConfig())}
-    save_checkpoint(path, kind="cam", config=config, class_names=CLASSES, model=model, metrics={})
+    save_checkpoint(path, kind="cam", config=config, class_names=CLASSES, model=model,
+                    normalization=model.normalization, metrics={})
     return path
 
 

@@ -311,24 +311,27 @@ def test_folder_bad_inputs(folder: Path, tmp_path: Path):
 
 
 def test_augment_moves_the_saliency_map_with_the_image():
-    from stages.data.loading import MEAN, Augment
+    from stages.core.normalization import Normalization
+    from stages.data.loading import Augment
 
     image = np.zeros((40, 60, 3), np.uint8)
     image[10:20, 5:25] = 255
     saliency = (image[..., 0] > 0).astype(np.float32)
     augment = Augment(base_size=60, crop_size=48, scale_range=(0.8, 1.2))
     for seed in range(6):  # scales, flips and crop offsets differ by seed
-        out_image, mask, out_saliency = augment(np.random.default_rng(seed), image, None, saliency)
+        fill = Normalization().fill
+        out_image, mask, out_saliency = augment(np.random.default_rng(seed), image, None, saliency, fill)
         assert mask is None and out_saliency.shape == (48, 48)
         # Same geometry: the saliency equals the image's red channel / 255 up to the uint8 fixed-point resampling
         # (padding aside, where the image has the mean colour and the saliency 0).
-        inside = out_image[..., 1] != round(float(MEAN[1]))
+        inside = out_image[..., 1] != fill[1]
         assert np.abs(out_image[..., 0][inside] / 255 - out_saliency[inside]).max() <= 1 / 255
         assert out_saliency.max() == 1.0
 
 
 def test_split_dataset_marks_images_without_a_saliency_map(tmp_path):
     from stages.data.index import Sample
+    from stages.core.normalization import Normalization
     from stages.data.loading import SplitDataset
     from stages.data.saliency_maps import save_saliency
 
@@ -338,7 +341,7 @@ def test_split_dataset_marks_images_without_a_saliency_map(tmp_path):
         samples.append(Sample(name, str(tmp_path / f"{name}.png"), None, (1,)))
     (tmp_path / "sal").mkdir()
     save_saliency(tmp_path / "sal" / "with.png", np.full((8, 8), 0.6, np.float32))
-    dataset = SplitDataset(samples, 2, saliency_dir=str(tmp_path / "sal"))
+    dataset = SplitDataset(samples, 2, Normalization(), saliency_dir=str(tmp_path / "sal"))
     first, second = dataset[0], dataset[1]
     assert first["has_saliency"] and abs(float(first["saliency"].mean()) - 0.6) < 0.01
     assert not second["has_saliency"] and float(second["saliency"].abs().sum()) == 0
@@ -347,7 +350,8 @@ def test_split_dataset_marks_images_without_a_saliency_map(tmp_path):
 def test_same_size_batches_groups_mixed_sizes_without_padding(tmp_path):
     """VOC-like mixed sizes: every batch holds one size, every image comes once and exactly as loaded alone."""
     from stages.data.index import Sample
-    from stages.data.loading import normalize, same_size_batches
+    from stages.core.normalization import Normalization
+    from stages.data.loading import same_size_batches
 
     rng = np.random.default_rng(0)
     sizes = [(12, 10), (10, 12), (12, 10), (12, 10), (10, 12), (8, 8), (12, 10)]  # (width, height)
@@ -356,7 +360,8 @@ def test_same_size_batches_groups_mixed_sizes_without_padding(tmp_path):
         path = tmp_path / f"{index}.png"
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
         samples.append(Sample(str(index), str(path), None, (1,)))
-    batches = list(same_size_batches(samples, batch_size=3, workers=0))
+    normalize = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    batches = list(same_size_batches(samples, normalize, batch_size=3, workers=0))
     assert sorted(s.id for batch, _ in batches for s in batch) == [s.id for s in samples]
     assert [len(batch) for batch, _ in batches] == [1, 2, 3, 1]  # 8x8; 10x12 twice; 12x10 four times, by 3
     for batch, images in batches:

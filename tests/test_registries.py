@@ -16,13 +16,14 @@ import pytest
 import torch
 
 from stages.config import CamModelConfig, PseudoLabelConfig, SegModelConfig, SegmentConfig, TrainCamConfig
-from stages.core.checkpoint import load_checkpoint, load_state, model_config, save_checkpoint
+from stages.core.checkpoint import (checkpoint_normalization, load_checkpoint, load_state, model_config,
+                                    save_checkpoint)
 from stages.core.errors import UserError
 from stages.core.io import IGNORE_INDEX
 from stages.data.saliency_maps import SaliencySource, save_saliency
 from stages.methods import (build_aux_loss, build_cam_model, build_segment_method, cam_model_from_checkpoint,
                             training_terms)
-from stages.models.backbone import Backbone
+from stages.models.backbone import create_backbone
 from stages.models.deeplab import DeepLab
 from stages.pseudo_label import make_pseudo_mask
 from stages.refine import ImageItem, RefineInputs, Refinement, parse_refinements
@@ -89,10 +90,16 @@ def summed(terms: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- CAM methods
+# The default backbone and a timm one (what `--backbone efficientnet_lite0` builds), for every method.
+TRAINED_BACKBONES = ("resnet10", "efficientnet_lite0")
+
+
+@pytest.mark.parametrize("backbone", TRAINED_BACKBONES)
 @pytest.mark.parametrize("name", CAM_METHODS.names())
-def test_cam_method_follows_the_method_contract(name, tmp_path):
+def test_cam_method_follows_the_method_contract(name, backbone, tmp_path):
     torch.manual_seed(0)
-    model = build_cam_model(name, CamModelConfig(), NUM_CLASSES)
+    architecture = CamModelConfig(backbone=backbone)
+    model = build_cam_model(name, architecture, NUM_CLASSES)
     assert isinstance(model, CAM_METHODS.get(name))
     images, labels = images_and_labels()
 
@@ -126,9 +133,12 @@ def test_cam_method_follows_the_method_contract(name, tmp_path):
 
     # The checkpoint as train-cam writes it gives back the same model.
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, kind="cam", config=asdict(TrainCamConfig(method=name)), class_names=CLASS_NAMES,
-                    model=model, metrics={})
-    loaded = cam_model_from_checkpoint(load_checkpoint(path, "cam"), path)
+    save_checkpoint(path, kind="cam", config=asdict(TrainCamConfig(method=name, model=architecture)),
+                    class_names=CLASS_NAMES, model=model,
+                    normalization=model.normalization, metrics={})
+    payload = load_checkpoint(path, "cam")
+    assert checkpoint_normalization(payload, path) == model.normalization
+    loaded = cam_model_from_checkpoint(payload, path)
     assert type(loaded) is type(model) and not loaded.training
     assert loaded.state_dict().keys() == model.state_dict().keys()
     with torch.no_grad():
@@ -200,10 +210,12 @@ def segment_batch(method) -> dict[str, torch.Tensor]:
     return batch
 
 
+@pytest.mark.parametrize("backbone", TRAINED_BACKBONES)
 @pytest.mark.parametrize("name, contrast", segment_cases())
-def test_segment_method_trains_and_saves_the_segmenter(name, contrast, tmp_path):
+def test_segment_method_trains_and_saves_the_segmenter(name, contrast, backbone, tmp_path):
     torch.manual_seed(0)
-    segmenter = DeepLab(SegModelConfig(), len(CLASS_NAMES))
+    architecture = SegModelConfig(backbone=backbone)
+    segmenter = DeepLab(architecture, len(CLASS_NAMES))
     method = build_segment_method(name, {}, contrast, {}, segmenter, len(CLASS_NAMES), steps_per_epoch=2)
     assert isinstance(method, SEGMENT_METHODS.get(name))
     new_parameters = method.new_parameters()
@@ -239,10 +251,12 @@ def test_segment_method_trains_and_saves_the_segmenter(name, contrast, tmp_path)
         logits = segmenter(images)
     assert logits.shape == (2, len(CLASS_NAMES), SIZE, SIZE) and torch.isfinite(logits).all()
     path = tmp_path / "segmenter.pt"
-    config = asdict(SegmentConfig(method=name, contrast=contrast))
-    save_checkpoint(path, kind="segmenter", config=config, class_names=CLASS_NAMES, model=segmenter, metrics={})
+    config = asdict(SegmentConfig(method=name, contrast=contrast, model=architecture))
+    save_checkpoint(path, kind="segmenter", config=config, class_names=CLASS_NAMES, model=segmenter,
+                    normalization=segmenter.normalization, metrics={})
     payload = load_checkpoint(path, "segmenter")
     assert payload["state_dict"].keys() == segmenter.state_dict().keys()
+    assert checkpoint_normalization(payload, path) == segmenter.normalization
     loaded = DeepLab(model_config(SegModelConfig, payload, path), len(CLASS_NAMES))
     load_state(loaded, payload, path)
     loaded.eval()
@@ -276,7 +290,7 @@ def refine_inputs(tmp_path_factory) -> RefineInputs:
     seam = build_cam_model("seam", CamModelConfig(), NUM_CLASSES)
     checkpoint = folder / "seam.pt"
     save_checkpoint(checkpoint, kind="cam", config=asdict(TrainCamConfig(method="seam")), class_names=CLASS_NAMES,
-                    model=seam, metrics={})
+                    model=seam, normalization=seam.normalization, metrics={})
     saliency = np.zeros((HEIGHT, WIDTH), np.float32)
     saliency[8:32, 10:38] = 1.0
     (folder / "saliency").mkdir()
@@ -324,7 +338,7 @@ def test_parse_refinements_builds_the_registered_class(name, refine_inputs):
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_backbone_gives_four_stages_with_its_channels(name):
     torch.manual_seed(0)
-    backbone = Backbone(name, 16).eval()
+    backbone = create_backbone(name, 16).eval()
     with torch.no_grad():
         features = backbone(torch.randn(1, 3, 64, 64))
     assert len(features) == 4 and len(backbone.channels) == 4
@@ -359,6 +373,8 @@ def test_registry_help_and_errors_name_every_entry(registry: Registry):
     with pytest.raises(UserError) as error:
         registry.check("nope")
     message = str(error.value)
-    assert message == f"unknown {registry.kind} 'nope' (choose from {', '.join(names)})"
+    assert message.startswith(f"unknown {registry.kind} 'nope' (choose from {', '.join(names)}")
+    assert message == f"unknown {registry.kind} 'nope' (choose from {', '.join(names)}" + (
+        f", or {registry._fallback_help})" if registry._fallback else ")")
     with pytest.raises(UserError, match=f"unknown {registry.kind} 'nope'"):
         registry.get("nope")

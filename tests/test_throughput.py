@@ -16,7 +16,7 @@ from stages.config import SegModelConfig
 from stages.core.distributed import processes
 from stages.core.io import load_image, load_mask
 from stages.data.index import Sample
-from stages.data.loading import normalize
+from stages.core.normalization import Normalization
 from stages.models.deeplab import DeepLab
 from stages.refine import ImageItem
 from stages.refine.crf import CrfParams, DenseCrf, crf_from_labels, crf_from_probabilities
@@ -72,7 +72,7 @@ def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
     predict(model, samples, out_dir, set(), config, torch.device("cpu"), processes())
     for sample in samples:
         image = load_image(sample.image)
-        probabilities = _multi_scale_softmax(model, normalize(image)[None], config, torch.device("cpu"))[0]
+        probabilities = _multi_scale_softmax(model, Normalization()(image)[None], config, torch.device("cpu"))[0]
         expected = crf_from_probabilities(image, probabilities, POSTPROCESS_CRF)
         assert np.array_equal(load_mask(out_dir / f"{sample.id}.png"), expected), sample.id
 

@@ -100,7 +100,9 @@ _SHARED: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
     "seed": (int, "Random seed.", int),
     "backbone": (str, "Backbone: " + BACKBONES.help() + ".", str),
     "output_stride": (int, "Backbone output stride: 8, 16 or 32.", int),
-    "pretrained": (str, "none, imagenet (torchvision weights) or a weights file.", pretrained_value),
+    "pretrained": (str, "none, imagenet (torchvision's for ResNets; offline, from the installed packages, for "
+                         "efficientnet_lite0/1/2; downloaded by timm for other timm models) or a weights file "
+                         "(a state dict in torchvision's or timm's key names).", pretrained_value),
 }
 _FLAGS = {"sync_bn": "--sync-bn"}  # on/off options that have no --no- form
 _MIN_ONE = ("epochs", "batch_size")

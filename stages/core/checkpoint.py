@@ -9,14 +9,18 @@ import torch
 
 from .. import __version__
 from .errors import UserError
+from .normalization import Normalization
 from .io import atomic_path
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: records the input normalization
 
 
 def save_checkpoint(path: str | Path, *, kind: str, config: dict[str, Any], class_names: list[str],
-                    model: torch.nn.Module, metrics: dict[str, Any]) -> None:
+                    model: torch.nn.Module, normalization: Normalization, metrics: dict[str, Any]) -> None:
+    """`normalization` (what the model's backbone expects of its input) is recorded for every stage that reads
+    the checkpoint (`checkpoint_normalization`)."""
     payload = {
+        "normalization": normalization.record(),
         "kind": kind,
         "version": CHECKPOINT_VERSION,
         "wsss_version": __version__,
@@ -55,11 +59,16 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
         raise UserError(f"{path} is not a wsss checkpoint of version {CHECKPOINT_VERSION}")
     if payload.get("kind") != kind:
         raise UserError(f"{path} is a {payload.get('kind')} checkpoint, expected a {kind} checkpoint")
-    expected = {"config": dict, "class_names": list, "state_dict": dict}
+    expected = {"config": dict, "class_names": list, "state_dict": dict, "normalization": dict}
     broken = [key for key, kind_of in expected.items() if not isinstance(payload.get(key), kind_of)]
     if broken:
         raise UserError(f"checkpoint {path} is incomplete: its {broken[0]!r} is missing or of the wrong type")
     return payload
+
+
+def checkpoint_normalization(payload: dict[str, Any], path: str | Path) -> Normalization:
+    """The input normalization a loaded checkpoint's model was trained with."""
+    return Normalization.from_record(payload["normalization"], f"checkpoint {path}")
 
 
 def model_config(config_class, payload: dict[str, Any], path: str | Path):

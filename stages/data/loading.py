@@ -12,17 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX, load_image, load_mask
+from ..core.normalization import Normalization
 from .index import Sample, check_sample_id
 from .saliency_maps import DirectorySaliency
-
-# ImageNet statistics: what torchvision's pretrained backbones expect, and harmless from scratch.
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
-
-
-def normalize(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB → (3, H, W) float32, ImageNet-normalised."""
-    return torch.from_numpy(((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy())
 
 
 def multi_hot(labels: tuple[int, ...], num_classes: int) -> torch.Tensor:
@@ -39,7 +31,7 @@ class Augment:
 
     `base_size` is the long side the scale range is relative to; crops smaller than the image are padded
     (image with the mean colour, mask with the ignore index, saliency with 0). The mask and the saliency map, when
-    given, undergo the same geometry as the image.
+    given, undergo the same geometry as the image. `fill` is the padding colour (the normalization's mean).
     """
 
     base_size: int
@@ -47,8 +39,8 @@ class Augment:
     scale_range: tuple[float, float] = (0.7, 1.3)
     flip: bool = True
 
-    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None = None,
-                 saliency: np.ndarray | None = None):
+    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None,
+                 saliency: np.ndarray | None, fill: np.ndarray):
         """→ (image, mask or None, saliency or None), all cropped to `crop_size`."""
         height, width = image.shape[:2]
         long_side = self.base_size * rng.uniform(*self.scale_range)
@@ -63,13 +55,13 @@ class Augment:
             image = image[:, ::-1]
             mask = mask[:, ::-1] if mask is not None else None
             saliency = saliency[:, ::-1] if saliency is not None else None
-        return random_crop(rng, image, mask, self.crop_size, saliency)
+        return random_crop(rng, image, mask, self.crop_size, saliency, fill)
 
 
-def random_crop(rng, image, mask, crop, saliency=None):
+def random_crop(rng, image, mask, crop, saliency, fill):
     height, width = image.shape[:2]
     out_image = np.empty((crop, crop, 3), dtype=np.uint8)
-    out_image[:] = MEAN.astype(np.uint8)
+    out_image[:] = fill
     out_mask = np.full((crop, crop), IGNORE_INDEX, dtype=np.uint8) if mask is not None else None
     out_saliency = np.zeros((crop, crop), dtype=np.float32) if saliency is not None else None
     # Offsets place a window of the image in the crop (when the image is smaller) or vice versa.
@@ -108,12 +100,14 @@ class SplitDataset(Dataset):
     With `saliency_dir`, items also carry `saliency` (H,W) float in [0, 1] and `has_saliency`: an image without a
     map in the directory gets zeros and False (methods use the map only where it exists).
     Randomness comes from (seed, epoch, index), so a run is reproducible whatever the number of workers.
+    Images are normalized with `normalization`, the model's.
     """
 
-    def __init__(self, samples: list[Sample], num_classes: int, augment: Augment | None = None,
-                 with_masks: bool = False, mask_dir: str | None = None, seed: int = 0,
-                 saliency_dir: str | None = None):
+    def __init__(self, samples: list[Sample], num_classes: int, normalization: Normalization,
+                 augment: Augment | None = None, with_masks: bool = False, mask_dir: str | None = None,
+                 seed: int = 0, saliency_dir: str | None = None):
         self.samples = samples
+        self.normalization = normalization
         self.num_classes = num_classes
         self.augment = augment
         self.with_masks = with_masks
@@ -138,8 +132,8 @@ class SplitDataset(Dataset):
             saliency = self.saliency(sample.id, image) if has_saliency else np.zeros(image.shape[:2], np.float32)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            image, mask, saliency = self.augment(rng, image, mask, saliency)
-        item = {"image": normalize(image), "labels": multi_hot(sample.labels, self.num_classes), "index": index}
+            image, mask, saliency = self.augment(rng, image, mask, saliency, self.normalization.fill)
+        item = {"image": self.normalization(image), "labels": multi_hot(sample.labels, self.num_classes), "index": index}
         if mask is not None:
             item["mask"] = torch.from_numpy(mask.astype(np.int64))
         if saliency is not None:
@@ -149,25 +143,26 @@ class SplitDataset(Dataset):
 
 
 class _Images(Dataset):
-    def __init__(self, samples: list[Sample]):
+    def __init__(self, samples: list[Sample], normalization: Normalization):
         self.samples = samples
+        self.normalization = normalization
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         check_sample_id(self.samples[index].id)
-        return normalize(load_image(self.samples[index].image))
+        return self.normalization(load_image(self.samples[index].image))
 
 
-def same_size_batches(samples: list[Sample], batch_size: int, workers: int):
-    """Yield (samples, (N, 3, H, W) images) for inference, batching images of one size.
+def same_size_batches(samples: list[Sample], normalization: Normalization, batch_size: int, workers: int):
+    """Yield (samples, (N, 3, H, W) normalized images) for inference, batching images of one size.
 
     The images are taken in order of size (read from the headers), so a dataset of mixed sizes such as VOC, where
     most images are 500x375 or 375x500, still batches: no padding, so each image's result is what it would be alone.
     """
     samples = sorted(samples, key=_image_size)  # stable: the index order within a size
-    loader = DataLoader(_Images(samples), batch_size=None, num_workers=workers)
+    loader = DataLoader(_Images(samples, normalization), batch_size=None, num_workers=workers)
     pending_samples, pending_images = [], []
     for sample, image in zip(samples, loader):
         if pending_images and (image.shape != pending_images[0].shape or len(pending_images) == batch_size):

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import CamModelConfig
 from ..core.errors import UserError
-from ..models.backbone import Backbone
+from ..models.backbone import create_backbone
 from .common import rescale, rescale_to
 from .views import TrainingViews, ViewMaps
 
@@ -34,7 +34,7 @@ class BaselineCam(nn.Module):
     def __init__(self, config: CamModelConfig, num_classes: int, options: Options = Options()):
         super().__init__()
         self.options = options
-        self.backbone = Backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, kernel_size=1, bias=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,10 @@ class BaselineCam(nn.Module):
 
     def cams(self, images: torch.Tensor) -> torch.Tensor:
         return F.relu(self.classifier(self.backbone(images)[-1]))
+
+    @property
+    def normalization(self):
+        return self.backbone.normalization
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         return list(self.backbone.parameters()), list(self.classifier.parameters())

@@ -48,7 +48,7 @@ from torch import nn
 from ..config import CamModelConfig
 from ..core.errors import UserError
 from ..core.tv import torchvision
-from ..models.backbone import Backbone
+from ..models.backbone import create_backbone
 
 CROP_MODES = ("random", "uniform")
 EPS = 1e-8  # official normalisation epsilon
@@ -81,7 +81,7 @@ class ClassMapNet(nn.Module):
 
     def __init__(self, config: CamModelConfig, num_classes: int):
         super().__init__()
-        self.backbone = Backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes + 1, kernel_size=1, bias=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,9 @@ class L2GCam(nn.Module):
         batch, _, height, width = images.shape
         side = max(1, round(options.local_crop * min(height, width)))
         boxes = local_view_boxes(height, width, side, options.local_views, options.crop_mode, batch)
-        local_map = self.local_net(crop_views(images, boxes))
+        # The local backbone may expect another input normalization than the global one (local_backbone).
+        local_views = self.normalization.to(self.local_net.backbone.normalization, crop_views(images, boxes))
+        local_map = self.local_net(local_views)
         local_labels = labels.repeat_interleave(options.local_views, dim=0)
         losses = {"cls": F.multilabel_soft_margin_loss(class_logits(local_map), local_labels)}
 
@@ -211,6 +213,10 @@ class L2GCam(nn.Module):
 
     def cams(self, images: torch.Tensor) -> torch.Tensor:
         return F.relu(self.global_net(images)[:, 1:])
+
+    @property
+    def normalization(self):
+        return self.global_net.backbone.normalization
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         # The global classifier learns at the backbone's rate (see the module docstring).

@@ -55,7 +55,7 @@ from torch import nn
 
 from ..config import CamModelConfig
 from ..core.errors import UserError
-from ..models.backbone import Backbone
+from ..models.backbone import create_backbone
 from .common import apply_affinity, max_norm, rescale, rescale_to
 from .views import TrainingViews, ViewMaps
 
@@ -204,7 +204,7 @@ class SeamCam(nn.Module):
     def __init__(self, config: CamModelConfig, num_classes: int, options: SeamOptions = SeamOptions()):
         super().__init__()
         self.options = options
-        self.backbone = Backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
         channels = self.backbone.channels
         self.classifier = nn.Conv2d(channels[-1], num_classes, kernel_size=1, bias=False)
         # PCM (official f8_3, f8_4, f9): projections of layer3 and layer4, then an embedding of [image, both].
@@ -292,6 +292,10 @@ class SeamCam(nn.Module):
         refined = [self.refine(cam[i:i + 1], [f[i:i + 1] for f in features], images[i:i + 1])
                    for i in range(images.shape[0])]
         return F.relu(torch.cat(refined)[:, 1:])
+
+    @property
+    def normalization(self):
+        return self.backbone.normalization
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         new_layers = [self.classifier, self.pcm_layer3, self.pcm_layer4, self.pcm_embed]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import SegModelConfig
-from .backbone import Backbone
+from .backbone import create_backbone
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -40,7 +40,7 @@ class DeepLab(nn.Module):
     def __init__(self, config: SegModelConfig, num_classes: int):
         """`num_classes` counts background: the output has one channel per class including background."""
         super().__init__()
-        self.backbone = Backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
         self.aspp = ASPP(self.backbone.channels[-1], config.aspp_channels, config.aspp_rates)
         self.reduce_low_level = conv_bn_relu(self.backbone.channels[0], config.low_level_channels)
         self.decoder = nn.Sequential(
@@ -65,6 +65,10 @@ class DeepLab(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.features(images))
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @property
+    def normalization(self):
+        return self.backbone.normalization
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         backbone = list(self.backbone.parameters())

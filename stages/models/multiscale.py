@@ -13,15 +13,20 @@ from ..core.device import autocast, forward_pixel_budget, memory_format
 @torch.inference_mode()
 def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, scales, flip: bool,
                     device: torch.device, amp: bool,
-                    per_view: Callable[[torch.Tensor], torch.Tensor] = lambda maps: maps) -> torch.Tensor:
+                    per_view: Callable[[torch.Tensor], torch.Tensor] = lambda maps: maps,
+                    stride: int = 1) -> torch.Tensor:
     """Sum over `scales` (and horizontal flips) of `per_view(forward(view))`, each resized to the input size.
 
     (N, 3, H, W) images → (N, K, H, W) float32. The views of one scale (the images, then their flips) go through
-    the network in chunks of at most `forward_pixel_budget(device)` pixels, and each flip is undone before it is
-    added to its image's maps; `per_view` (e.g. softmax) acts on each view's resized output. An image's result does
-    not depend on the batch it came in (up to the kernels' float rounding).
+    the network in chunks of at most `forward_pixel_budget(device)` pixels; each flip is undone on the network's
+    output, which is then upsampled to the input size rounded up to a multiple of `stride` and cropped to the input
+    size: IRN's make_cam does so with the network's output stride (`strided_up_size`), so a map cell keeps its
+    place whatever the image size; stride 1 resizes straight to the input size (the segmenter's full-size logits).
+    `per_view` (e.g. softmax) acts on each view's resized output. An image's result does not depend on the batch
+    it came in (up to the kernels' float rounding).
     """
     height, width = images.shape[-2:]
+    padded = (-(-height // stride) * stride, -(-width // stride) * stride)
     count = images.shape[0]
     budget = forward_pixel_budget(device)
     total = None
@@ -37,12 +42,14 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             flipped = scaled[max(start, count) - count:max(end, count) - count].flip(-1)
             chunk = torch.cat([originals, flipped]).contiguous(memory_format=memory_format(device))
             with autocast(device, amp):
-                maps = forward(chunk)
-            maps = per_view(F.interpolate(maps.float(), size=(height, width), mode="bilinear", align_corners=False))
+                maps = forward(chunk).float()
+            maps = torch.cat([maps[:len(originals)], maps[len(originals):].flip(-1)])
+            maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
+            maps = per_view(maps)
             if scale_sum is None:
                 scale_sum = torch.zeros(count, *maps.shape[1:], device=maps.device)
             scale_sum[start:start + len(originals)] += maps[:len(originals)]
             first_flip = max(start, count) - count
-            scale_sum[first_flip:first_flip + len(flipped)] += maps[len(originals):].flip(-1)
+            scale_sum[first_flip:first_flip + len(flipped)] += maps[len(originals):]
         total = scale_sum if total is None else total + scale_sum
     return total

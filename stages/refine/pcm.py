@@ -15,9 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.checkpoint import load_checkpoint
+from ..core.checkpoint import checkpoint_normalization, load_checkpoint
 from ..core.errors import UserError
-from ..data.loading import normalize
 from ..methods import cam_model_from_checkpoint
 from ..methods.common import apply_affinity
 from ..registry import CAM_METHODS
@@ -35,7 +34,9 @@ def check_pcm_checkpoint(path: Path) -> dict:
 
 class PcmRefinement(Refinement):
     def __init__(self, checkpoint: Path):
-        self.model = cam_model_from_checkpoint(check_pcm_checkpoint(checkpoint), checkpoint)
+        payload = check_pcm_checkpoint(checkpoint)
+        self.model = cam_model_from_checkpoint(payload, checkpoint)
+        self.normalization = checkpoint_normalization(payload, checkpoint)
 
     @classmethod
     def from_inputs(cls, inputs: RefineInputs) -> PcmRefinement:
@@ -43,7 +44,7 @@ class PcmRefinement(Refinement):
 
     def affinity(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """The image's PCM affinity and the feature map size it lives at."""
-        images = normalize(image)[None]
+        images = self.normalization(image)[None]
         _, features = self.model.cam_and_features(images)
         return self.model.pcm_affinity(features, images), tuple(features[-1].shape[-2:])
 

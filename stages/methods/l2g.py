@@ -17,7 +17,8 @@ its class channels are the CAMs `wsss infer-cam` writes.
 
 Mechanism and defaults checked against the official repository PengtaoJiang/L2G (scripts/train_l2g.py,
 scripts/train_l2g_sal_voc.py, models/resnet38.py, utils/LoadData.py, train_l2g_sal_voc.sh). Deviations:
-  - Backbones: the project's torchvision ResNets (OS 16 by default; the local one may differ, `local_backbone`)
+  - Backbones: any of the project's (OS 16 by default; the local one may differ, `local_backbone`, its views then
+    re-normalized for its own input normalization)
     instead of ResNet-38 (OS 8). The official networks also add SEAM's PCM block to the class map (features of
     the last two stages and the image, a cosine affinity applied to the CAM); it is not part of L2G's mechanism
     and is left out here (on this benchmark the PCM blurred CAMs, see benchmarks/README.md "Why SEAM does not help

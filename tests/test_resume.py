@@ -28,9 +28,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every proces
 runner = CliRunner()
 
 
+def default_sigint() -> None:
+    """In the child before it starts: SIGINT delivered and not ignored, whatever this test process inherited or
+    left (an ignored or blocked SIGINT carries over exec, and Python then never raises KeyboardInterrupt)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wsss_process(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "wsss_cli.main", *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def wsss(*args) -> str:
@@ -103,7 +110,7 @@ def test_ctrl_c_exits_cleanly_and_the_run_resumes(reference, data_run, tmp_path)
     state = run / "cam" / "train_state.pt"
     status, err = interrupt_when(wsss_process("train-cam", "--run", run, "--epochs", 3, *TRAINING), state.exists,
                                  signal.SIGINT)
-    assert status == 130
+    assert status == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not (run / "cam" / "checkpoint.pt").exists()
     wsss("train-cam", "--run", run, "--epochs", 3, "--resume", *TRAINING)

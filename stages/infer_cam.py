@@ -68,8 +68,8 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
             task = bar.add_task("infer-cam", total=sum(len(part) for _, part in todo), status="")
             for path, part in todo:
                 with CamWriter(path, **attributes) as writer:
-                    for batch_samples, images in same_size_batches(part, normalization, config.batch_size,
-                                                                                   config.workers):
+                    batches = same_size_batches(part, normalization, config.batch_size, config.workers)
+                    for batch_samples, images in batches:
                         cams = fused_cams(cam_function, images.to(device), config.scales, config.flip, device,
                                           config.amp, output_stride)
                         for sample, sample_cams in zip(batch_samples, cams):

@@ -75,8 +75,9 @@ def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: boo
         trainer.to(device, memory_format=memory_format(device))
         step_losses = distributed(trainer, device, procs)
         augment = Augment(config.base_size, config.crop_size, config.scale_range)
-        train_set = SplitDataset(samples, dataset.num_classes, model.normalization, augment=augment, with_masks=method.uses_masks,
-                                 mask_dir=mask_dir, seed=config.seed, saliency_dir=saliency_dir)
+        train_set = SplitDataset(samples, dataset.num_classes, model.normalization, augment=augment,
+                                 with_masks=method.uses_masks, mask_dir=mask_dir, seed=config.seed,
+                                 saliency_dir=saliency_dir)
         if method.uses_masks:
             check_mask_sizes(samples, train_set.mask_path)
         loader = training_loader(train_set, config.batch_size, config.workers, device, config.seed, procs)

@@ -200,6 +200,7 @@ def test_l2g_local_views_are_renormalised_for_a_local_backbone_of_other_statisti
     from stages.core.normalization import Normalization
     imagenet, half = Normalization(), Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     image = torch.rand(1, 3, 4, 4) * 255
-    as_imagenet = (image / 255 - torch.tensor(imagenet.mean).view(1, 3, 1, 1)) / torch.tensor(imagenet.std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (imagenet.mean, imagenet.std))
+    as_imagenet = (image / 255 - mean) / std
     assert torch.allclose(imagenet.to(half, as_imagenet), (image / 255 - 0.5) / 0.5, atol=1e-5)
     assert imagenet.to(imagenet, as_imagenet) is as_imagenet

@@ -39,12 +39,9 @@ class Normalization:
         """Images normalized with this normalization, re-normalized for `target` (the identity when equal)."""
         if target == self:
             return images
-        shape = (1, 3, 1, 1)
-        mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(shape)
-                     for v in (self.mean, self.std))
-        target_mean, target_std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(shape)
-                                   for v in (target.mean, target.std))
-        return (images * std + mean - target_mean) / target_std
+        def channels(values):
+            return torch.tensor(values, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images * channels(self.std) + channels(self.mean) - channels(target.mean)) / channels(target.std)
 
     def record(self) -> dict[str, list[float]]:
         return {key: list(value) for key, value in asdict(self).items()}

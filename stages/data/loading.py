@@ -133,7 +133,8 @@ class SplitDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask, saliency = self.augment(rng, image, mask, saliency, self.normalization.fill)
-        item = {"image": self.normalization(image), "labels": multi_hot(sample.labels, self.num_classes), "index": index}
+        item = {"image": self.normalization(image), "labels": multi_hot(sample.labels, self.num_classes),
+                "index": index}
         if mask is not None:
             item["mask"] = torch.from_numpy(mask.astype(np.int64))
         if saliency is not None:

@@ -187,11 +187,11 @@ def test_l2g_with_shape_transfer_trains_and_writes_global_cams(run_dir, tmp_path
     run.mkdir()
     for name in ("dataset.json", "manifest.json"):
         shutil.copy(run_dir / name, run / name)
-    wsss("train-cam", "--run", run, "--method", "l2g", "--local-views", 2, "--saliency", run_dir / "saliency",
+    wsss("train-cam", "--run", run, "--method", "l2g", "--local-views", 4, "--saliency", run_dir / "saliency",
          *TINY_TRAINING)
     wsss("infer-cam", "--run", run, "--split", "train", "--scales", "1.0", "--workers", 0)
     checkpoint = torch.load(run / "cam" / "checkpoint.pt", weights_only=True)
-    assert checkpoint["config"]["method_options"] == {"local_views": "2"}
+    assert checkpoint["config"]["method_options"] == {"local_views": "4"}
     assert any(key.startswith("local_net.") for key in checkpoint["state_dict"])
     with h5py.File(run / "cams" / "train.h5") as file:
         assert json.loads(file.attrs["config"])["train"]["method"] == "l2g"

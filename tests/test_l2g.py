@@ -22,6 +22,18 @@ def test_random_views_lie_inside_the_crop_and_have_the_view_size():
     assert len({tuple(b) for b in boxes[:, 1:3].tolist()}) > 6  # images draw their own positions
 
 
+def test_official_views_are_the_four_corners_then_random_positions():
+    torch.manual_seed(0)
+    boxes = local_view_boxes(112, 96, 64, views=6, mode="official", batch=3)
+    assert boxes.shape == (18, 5)
+    for image in range(3):
+        mine = boxes[image * 6:(image + 1) * 6]
+        assert mine[:4, 1:3].long().tolist() == [[0, 0], [0, 48], [32, 0], [32, 48]]  # (x, y), official order
+        assert ((mine[4:, 1] <= 32) & (mine[4:, 2] <= 48)).all()
+    assert len({tuple(b) for b in boxes[:, 1:3].tolist()}) > 4  # the random views differ between images
+    assert ((boxes[:, 3] - boxes[:, 1]) == 64).all() and ((boxes[:, 4] - boxes[:, 2]) == 64).all()
+
+
 def test_uniform_views_are_an_even_grid_from_border_to_border():
     boxes = local_view_boxes(112, 112, 80, views=6, mode="uniform", batch=2)
     corners = boxes[:6, 1:3].long().tolist()
@@ -34,6 +46,10 @@ def test_views_that_do_not_fit_or_unknown_modes_are_user_errors():
         local_view_boxes(64, 64, 80, views=2, mode="random", batch=1)
     with pytest.raises(UserError, match="crop_mode"):
         local_view_boxes(64, 64, 32, views=2, mode="grid", batch=1)
+    with pytest.raises(UserError, match="at least 4"):
+        local_view_boxes(64, 64, 32, views=3, mode="official", batch=1)
+    with pytest.raises(UserError, match="at least 4"):
+        build_cam_model("l2g", CamModelConfig(), 3, {"local_views": 2})
 
 
 def test_crop_views_are_the_image_pixels_under_each_box():
@@ -85,7 +101,7 @@ def test_transfer_loss_is_the_mse_of_the_softmax_against_the_target():
 
 def small_l2g(**options):
     torch.manual_seed(0)
-    return build_cam_model("l2g", CamModelConfig(), 3, {"local_views": 2, **options})
+    return build_cam_model("l2g", CamModelConfig(), 3, {"local_views": 4, **options})
 
 
 def test_kd_trains_only_the_global_network_and_cls_only_the_local_one():
@@ -116,6 +132,19 @@ def test_shape_transfer_uses_saliency_only_where_a_map_exists():
     assert with_maps.item() != pytest.approx(plain.item())
     with pytest.raises(UserError, match="needs saliency maps"):
         model.training_losses(images, labels)
+
+
+def test_shape_transfer_divides_the_crop_saliency_by_its_maximum():
+    model = small_l2g()
+    images = torch.randn(2, 3, 64, 64)
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    saliency = torch.rand(2, 64, 64) * torch.tensor([0.5, 1.0])[:, None, None]
+    has_maps = torch.tensor([True, True])
+    kd = []
+    for scale in (1.0, 0.25):  # a uniformly dimmer map: the same target once divided by its maximum
+        torch.manual_seed(1)
+        kd.append(model.training_losses(images, labels, saliency * scale, has_maps)["kd"].item())
+    assert kd[0] == pytest.approx(kd[1], rel=1e-5)
 
 
 def test_cams_are_the_global_class_channels():

@@ -2,16 +2,17 @@
 
 Two classifiers of the same form (backbone, bias-free 1x1 conv with C+1 output channels, background first;
 logits = spatial mean of the C class channels): a *global* network that sees the training crop and a *local*
-network that sees `local_views` square views cut out of it (random or uniform positions, side `local_crop` x the
-crop's shorter side). Losses:
+network that sees `local_views` square views cut out of it (side `local_crop` x the crop's shorter side; by
+default the official layout: the four corners, then random positions). Losses:
   - `cls`: multilabel soft margin of the local network's logits on every view against the image's labels;
   - `kd` (attention transfer): the global network's class map is aligned to each view's box with RoIAlign at
     the local map's size, softmaxed over the C+1 channels, and pulled (mean squared error x `kd_weight`) towards
     the local network's attention target, computed without gradient from the local map: ReLU, max-normalised
     per channel, classes absent from the image zeroed, and at each pixel only the largest channel kept;
-  - shape transfer (`shape_transfer`, needs saliency maps): for views whose image has a saliency map the target
-    is the binarised attention (> `bg_threshold`) times the saliency on the class channels and times
-    (1 - saliency) on the background channel; views without a map keep the plain attention target.
+  - shape transfer (`shape_transfer`, needs saliency maps): the crop's saliency is divided by its maximum (as the
+    official loader does), and for views whose image has a saliency map the target is the binarised attention
+    (> `bg_threshold`) times that saliency on the class channels and times (1 - saliency) on the background
+    channel; views without a map keep the plain attention target.
 The global network gets no classification loss (as in the official code, which computes but does not use it);
 its class channels are the CAMs `wsss infer-cam` writes.
 
@@ -28,8 +29,11 @@ scripts/train_l2g_sal_voc.py, models/resnet38.py, utils/LoadData.py, train_l2g_s
     the official code uses the default `aligned=False`, which shifts boxes by half a feature cell.
   - The saliency crop is resized to the local map with area averaging (each cell gets the mean saliency of the
     pixels it covers); the official code uses nearest-neighbour resizing.
-  - "uniform" views are a regular grid of positions over the crop (rows x columns, evenly spaced); the official
-    loader's deterministic variant uses the four corners plus random views.
+  - View positions (`crop_mode`): "official" (default) is the official VOC/COCO loader's layout
+    (`VOCDataset_l2g_sal_crop.box_generation`): the four corners, then `local_views - 4` random positions; it needs
+    at least 4 views (the official code asserts it). Its random positions include the far border (the official
+    `np.random.randint(0, max_range)` stops one pixel short of it). "random" (every view at a random position) and
+    "uniform" (a regular grid, rows x columns, evenly spaced) are ours.
   - The background channel (of both networks) gets no classification signal, as in the official code: in the
     local network it only takes part in the per-pixel maximum of the attention target.
   - The global network's classifier learns at the backbone's learning rate, not the new layers' x10: with the
@@ -51,8 +55,9 @@ from ..core.errors import UserError
 from ..core.tv import torchvision
 from ..models.backbone import create_backbone
 
-CROP_MODES = ("random", "uniform")
+CROP_MODES = ("official", "random", "uniform")
 EPS = 1e-8  # official normalisation epsilon
+SALIENCY_EPS = 1e-10  # official, dividing the saliency by its maximum
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class L2GOptions:
 
     local_views: views per image (official 6).
     local_crop: a view's side as a fraction of the crop's shorter side (official 320/448 = 0.714).
-    crop_mode: "random" (official) or "uniform" (a grid).
+    crop_mode: "official" (the four corners + random views), "random" or "uniform" (a grid).
     local_backbone: the local network's backbone ("" = the global one's).
     kd_weight: weight of the attention transfer loss (official 10).
     shape_transfer: use saliency maps in the attention target (official train_l2g_sal_*.py).
@@ -70,7 +75,7 @@ class L2GOptions:
 
     local_views: int = 6
     local_crop: float = 0.714
-    crop_mode: str = "random"
+    crop_mode: str = "official"
     local_backbone: str = ""
     kd_weight: float = 10.0
     shape_transfer: bool = True
@@ -94,17 +99,33 @@ def class_logits(class_map: torch.Tensor) -> torch.Tensor:
     return class_map[:, 1:].mean(dim=(2, 3))
 
 
+def check_view_layout(views: int, mode: str) -> None:
+    if mode not in CROP_MODES:
+        raise UserError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {mode!r}")
+    if views < 1:
+        raise UserError(f"local_views must be at least 1, got {views}")
+    if mode == "official" and views < 4:
+        raise UserError(f"crop_mode=official takes the 4 corners first: local_views must be at least 4, got {views} "
+                        "(or use -o crop_mode=random)")
+
+
 def local_view_boxes(height: int, width: int, side: int, views: int, mode: str, batch: int) -> torch.Tensor:
     """(batch * views, 5) RoIAlign boxes [image index, x1, y1, x2, y2] in pixels (x2, y2 exclusive) of square views.
 
-    "random": each image gets its own uniformly drawn integer positions; "uniform": the same grid for all images,
-    rows x columns with rows = floor(sqrt(views)), positions evenly spaced from one border to the other.
+    "official": the four corners (top left, bottom left, top right, bottom right, the official order), then
+    random positions for the other views, each image its own; "random": every view at a random integer position,
+    each image its own; "uniform": the same grid for all images, rows x columns with rows = floor(sqrt(views)),
+    positions evenly spaced from one border to the other.
     """
+    check_view_layout(views, mode)
     if not 0 < side <= min(height, width):
         raise UserError(f"local view of {side} px does not fit a {width}x{height} crop")
-    if mode == "random":
+    if mode in ("official", "random"):
         x = torch.randint(0, width - side + 1, (batch, views))  # the global RNG, seeded by the stage
         y = torch.randint(0, height - side + 1, (batch, views))
+        if mode == "official":
+            x[:, :4] = torch.tensor([0, 0, width - side, width - side])
+            y[:, :4] = torch.tensor([0, height - side, 0, height - side])
     elif mode == "uniform":
         rows = max(1, math.isqrt(views))
         cols = math.ceil(views / rows)
@@ -113,8 +134,6 @@ def local_view_boxes(height: int, width: int, side: int, views: int, mode: str, 
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         x = grid_x.flatten()[:views].expand(batch, views)
         y = grid_y.flatten()[:views].expand(batch, views)
-    else:
-        raise UserError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {mode!r}")
     index = torch.arange(batch).repeat_interleave(views)
     x, y = x.flatten(), y.flatten()
     return torch.stack([index, x, y, x + side, y + side], dim=1).float()
@@ -166,12 +185,9 @@ class L2GCam(nn.Module):
 
     def __init__(self, config: CamModelConfig, num_classes: int, options: L2GOptions = L2GOptions()):
         super().__init__()
-        if options.crop_mode not in CROP_MODES:
-            raise UserError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {options.crop_mode!r}")
+        check_view_layout(options.local_views, options.crop_mode)
         if not 0 < options.local_crop <= 1:
             raise UserError(f"local_crop is a fraction of the crop in (0, 1], got {options.local_crop}")
-        if options.local_views < 1:
-            raise UserError(f"local_views must be at least 1, got {options.local_views}")
         self.options = options
         self.output_stride = config.output_stride
         self.global_net = ClassMapNet(config, num_classes)
@@ -203,7 +219,8 @@ class L2GCam(nn.Module):
             if saliency is None or has_saliency is None:
                 raise UserError("L2G shape transfer needs saliency maps (run `wsss saliency` first, or "
                                 "train with -o shape_transfer=false)")
-            saliency_views = F.adaptive_avg_pool2d(crop_views(saliency[:, None].float(), boxes), target.shape[-2:])
+            saliency = saliency.float() / (saliency.float().amax(dim=(1, 2), keepdim=True) + SALIENCY_EPS)
+            saliency_views = F.adaptive_avg_pool2d(crop_views(saliency[:, None], boxes), target.shape[-2:])
             with_map = has_saliency.bool().repeat_interleave(options.local_views).to(target.device)
             shaped = shape_targets(target, saliency_views.to(target), options.bg_threshold)
             target = torch.where(with_map[:, None, None, None], shaped, target)

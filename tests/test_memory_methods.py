@@ -170,10 +170,10 @@ def test_attention_rows_sum_to_one_over_allowed_entries_and_an_image_without_mem
     assert empty_context.abs().sum() == 0 and empty_weights.shape == (2, 9, 0)
 
 
-def tiny_mcic(steps_per_epoch=10):
+def tiny_mcic(steps_per_epoch=10, **options):
     torch.manual_seed(0)
     segmenter = DeepLab(SegModelConfig(), num_classes=3)
-    return McicTrainer(segmenter, 3, McicOptions(rampup_epochs=1), steps_per_epoch)
+    return McicTrainer(segmenter, 3, McicOptions(rampup_epochs=1, **options), steps_per_epoch)
 
 
 def mcic_batch():
@@ -195,10 +195,22 @@ def test_mcic_contexts_are_confidence_weighted_means_and_enter_after_the_read():
     assert trainer.memory.count == [0, 1, 0]
     assert trainer.memory.entries(1).tolist() == [[3.0, 2.0]]
     # the first batch reads an empty memory, so it has no attention to take the entropy of
-    fresh = tiny_mcic()
+    fresh = tiny_mcic(entropy_weight=1.0)
     terms = fresh(mcic_batch(), step=5)
     assert terms["entropy"].item() == 0
     assert sum(fresh.memory.count) >= 0 and set(terms) == {"cls", "seg", "entropy"}
+
+
+def test_mcic_follows_the_official_defaults_no_entropy_term_and_the_three_layer_cam_head():
+    trainer = tiny_mcic()
+    assert set(trainer(mcic_batch(), step=5)) == {"cls", "seg"}  # official: entropy only with --use-entropy
+    convs = [m for m in trainer.classifier if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.out_channels) for c in convs] == [((3, 3), 1024), ((1, 1), 1024), ((1, 1), 2)]
+    assert [m.p for m in trainer.classifier if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    assert convs[-1].bias.abs().sum() == 0 and 0.005 < convs[-1].weight.std().item() < 0.015
+    trainer.eval()
+    maps = trainer.branches(mcic_batch()["image"], mcic_batch()["labels"])["class_maps"]
+    assert maps.shape == (2, 2, 4, 4)  # one map per foreground class at the backbone's stride 16
 
 
 def test_mcic_context_path_trains_the_attention_but_never_the_segmenter():

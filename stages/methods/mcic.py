@@ -3,8 +3,10 @@ a segmenter trained end to end from image labels and saliency, `wsss segment --m
 
 Around the project's DeepLab segmenter (whose backbone gives features f, stride 16, and whose head gives the
 segmentation s), training adds:
-  - classification module: a 1x1 conv on f gives class maps h; logits are their spatial mean; multilabel
-    soft-margin loss, per image divided by its label count (official `_criteria_balance_loss`);
+  - classification module: the official CAM head on f (3x3 conv to 1024, ReLU, dropout 0.5, 1x1 conv to 1024,
+    ReLU, dropout 0.5, 1x1 conv to the classes; `_VGG16_Largefov` at dilation 1, `head_cam`) gives class maps h;
+    logits are their spatial mean; multilabel soft-margin loss, per image divided by its label count (official
+    `_criteria_balance_loss`);
   - CAM seeds: h ReLU'd, max-normalised and masked by the image labels, against a background of
     [saliency < `seed_threshold`]; per pixel the argmax, ignored where the winner is below `seed_threshold`;
   - context extractor: per image and class (background included, absent classes masked), the mean of f weighted
@@ -13,7 +15,8 @@ segmentation s), training adds:
   - memory: `memory_size` contexts per class, FIFO (memory.ClassQueue, not normalised, as the official code);
   - context propagation: one-head attention from each pixel of f (query) to the memory entries of the image's
     classes (keys and values), then dropout 0.1, LayerNorm and ReLU, added to f; the segmentation head on these
-    enriched features gives the context segmentation s'. Entropy of the attention weights (sparsity term);
+    enriched features gives the context segmentation s'. Entropy of the attention weights (sparsity term, off by
+    default as in the official run, which turns it on with `--use-entropy`: `-o entropy_weight=1`);
   - context seeds: softmax(s') masked by the labels, background (1 - saliency) x `saliency_weight` +
     p_bg x (1 - `saliency_weight`); argmax, ignored below `seed_threshold`;
   - fused seeds: foreground = union of CAM and context seeds, background = their intersection; a pixel claimed
@@ -37,6 +40,9 @@ memory.py). Deviations:
     with frozen BatchNorm; BatchNorm trains here (no pretrained statistics to freeze).
   - The official code trains s and s' against [CAM, context, fused] seeds, which the paper reduces to the fused
     seeds; this follows the code.
+  - The CAM head's two 1024-wide layers start from random weights and learn at the head's rate (the official
+    code copies them from VGG-16's pretrained fc6/fc7, which our backbones do not have, and trains them at the
+    backbone's); its last layer is initialised as the official (normal, sd 0.01, zero bias).
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ class McicOptions:
     enqueue_threshold: float = 0.5
     seed_threshold: float = 0.1
     saliency_weight: float = 0.5
-    entropy_weight: float = 1.0
+    entropy_weight: float = 0.0  # the official default run has no entropy term; its --use-entropy is 1.0
     rampup_epochs: float = 5.0
     cam_seed_min_weight: float = 0.6
 
@@ -75,6 +81,17 @@ class McicOptions:
         if self.entropy_weight < 0 or self.rampup_epochs < 0:
             raise UserError(f"MCIC entropy_weight and rampup_epochs must be >= 0, got {self.entropy_weight} and "
                             f"{self.rampup_epochs}")
+
+
+def cam_head(channels: int, num_classes: int, width: int = 1024) -> nn.Sequential:
+    """The official CAM head (`_VGG16_Largefov(512, C, dilation=1)`): 3x3 conv, ReLU, dropout 0.5, 1x1 conv, ReLU,
+    dropout 0.5, 1x1 conv to `num_classes` class maps; the last layer initialised N(0, 0.01) with zero bias."""
+    head = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Conv2d(width, num_classes, 1))
+    nn.init.normal_(head[-1].weight, 0.0, 0.01)
+    nn.init.zeros_(head[-1].bias)
+    return head
 
 
 def rampup(step: int, total: int) -> float:
@@ -174,7 +191,7 @@ class McicTrainer(nn.Module):
         self.options = options
         self.num_classes = num_classes
         channels = segmenter.backbone.channels[-1]
-        self.classifier = nn.Conv2d(channels, num_classes - 1, 1, bias=False)
+        self.classifier = cam_head(channels, num_classes - 1)
         self.attention = ContextAttention(channels)
         self.rampup_steps = max(1, round(options.rampup_epochs * steps_per_epoch))
         self.memory: ClassQueue | None = None  # made on first use, on the features' device
@@ -199,8 +216,10 @@ class McicTrainer(nn.Module):
         cam_weight = max(1 - weight, options.cam_seed_min_weight)
         segmentation = sum(scale * (seed_cross_entropy(logits, seeds) + seed_cross_entropy(context_logits, seeds))
                            for scale, seeds in ((cam_weight, seeds_cam), (1.0, seeds_context), (1.0, seeds_fused)))
-        return {"cls": classification, "seg": weight * segmentation,
-                "entropy": weight * options.entropy_weight * attention_entropy(outputs["attention"])}
+        terms = {"cls": classification, "seg": weight * segmentation}
+        if options.entropy_weight > 0:
+            terms["entropy"] = weight * options.entropy_weight * attention_entropy(outputs["attention"])
+        return terms
 
     def branches(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class maps, segmentation logits (stride 4), and the context path's logits and attention."""

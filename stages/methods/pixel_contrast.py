@@ -25,8 +25,13 @@ warm-up 5000 of 40000 iterations, here 1 of 8 epochs). Deviations:
   - Its memory configuration caps anchors at 1 per class per image (`max_views` 1), which leaves no room for
     hard anchors; here the cap is its non-memory configuration's 100, and classes need 2 pixels, not 100
     (our maps are 28x28).
-  - It skips class 0's memory when sampling contrast entries and removes entry i from anchor i's positives
-    (a leftover of the in-batch variant); here every class's entries count and nothing is removed.
+  - When it gathers the memory for the contrast (`_sample_negative`) it skips class 0's queue but keeps the rows
+    reserved for it, so r (the queue length) all-zero entries labelled 0 join every anchor's contrast: positives
+    of the background anchors, negatives at logit 0 of all others. It also removes entry i from anchor i's
+    positives (a leftover of the in-batch variant). Here every class's entries count, there are no zero
+    entries, and nothing is removed.
+  - Its pixel queue of class c receives K random pixels of the image whatever their class (its issue #65); here
+    they are K random pixels of class c.
   - Its pixel queue pointer advances by 1 per push instead of by K (see memory.py).
   - The contrast runs in float32 even under autocast.
 """

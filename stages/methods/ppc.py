@@ -20,17 +20,18 @@ and the loss terms, each averaged over the two views and weighted 0.1 by default
     of that set); the mean over sampled pixels per class, then over classes with at least two pixels.
     `mining=false` uses all prototypes and all pixels instead (the paper's ablation of plain intra-view contrast).
 
-Mechanism and defaults checked against the official repository usr922/wseg (module/train.py get_contrast_loss,
-network/resnet38_contrast.py). Deviations:
-  - The official code adds PPC to SEAM together with EPS's saliency loss; here PPC is added alone, to the
-    project's SEAM or baseline. For SEAM the class maps are the PCM-refined ones (official `cam_rv`), for the
-    baseline the classifier's ReLU'd maps.
+Mechanism and defaults checked against the official repository usr922/wseg, its SEAM + PPC training on master
+(contrast_train.py, network/resnet38_contrast.py): background score 0.2, K = h*w // 8, weights 0.1, temperature
+0.1. (The repository's other branch, EPS + PPC in module/train.py get_contrast_loss, uses background 0.1,
+K = h*w / 16 and EPS's saliency loss; it is not the one followed here.) Deviations:
+  - PPC is an add-on to the project's SEAM or baseline. For SEAM the class maps are the PCM-refined ones
+    (official `cam_rv`), for the baseline the classifier's ReLU'd maps.
   - The background prototype: the official code takes the top K of its constant background score (ties, so
     arbitrary pixels); here the background pixels are ranked by 1 - the largest label-masked class score.
   - Prototypes average the L2-normalised embeddings (the paper's v_i); the official code averages them before
     normalisation.
-  - K as a fraction of one map (the paper's 32 on 16x16 is 1/8; the official code at hand uses h*w/16): on our
-    7x7 crop maps and 4x4 second-view maps K is 2.
+  - K as a fraction of one map, floored as the official h*w // 8 (the paper's 32 on 16x16): on our 7x7 crop maps
+    K is 6, on the 4x4 second-view maps 2.
   - Mining counts: the official code keeps ranks 4-13 of all 21 prototypes by similarity (the positive may be
     among them); here the positive is always kept and the negatives are counted without it:
     ceil(0.6 x C) hardest, ceil(0.5 x that) kept. Pixel sampling keeps, as the official code, the less hard
@@ -60,8 +61,8 @@ class PpcOptions:
     dim: channels of the projection head's embedding (official 128).
     temperature: tau of the contrast (official 0.1).
     cross_prototype_weight, cross_cam_weight, intra_weight: weights of the three terms (official 0.1 each; 0 drops one).
-    bg_threshold: the constant background score of the pseudo labels (0.2, REFERENCES.md; the code at hand has 0.1).
-    top_k_fraction: K, the pixels per prototype, as a fraction of one map's pixels (paper: 32 of 16x16 = 1/8).
+    bg_threshold: the constant background score of the pseudo labels (official 0.2, contrast_train.py).
+    top_k_fraction: K, the pixels per prototype, as a fraction of one map's pixels, floored (official h*w // 8).
     mining: semi-hard prototype mining and hard pixel sampling in the intra-view term.
     negative_hard_fraction, negative_keep_fraction: mining keeps this share of that share of the hardest negatives.
     pixel_hard_fraction: hard pixels come from this share of each class's least similar pixels.
@@ -212,7 +213,7 @@ class PixelPrototypeContrast(nn.Module):
             cams = cams.detach()
             pseudo_labels = class_scores(cams, labels, self.options.bg_threshold).argmax(dim=1).flatten()
             confidence = prototype_confidence(cams, labels).permute(0, 2, 3, 1).flatten(0, 2)
-            k = max(1, round(self.options.top_k_fraction * height * width))
+            k = max(1, math.floor(self.options.top_k_fraction * height * width))  # official h*w // 8
             prototypes = estimate_prototypes(flat.detach(), confidence, k)
         return _View(flat, pseudo_labels, prototypes)
 

@@ -16,7 +16,8 @@ from .core.layout import mask_set_name, segment_tag
 from .data.synth import SynthConfig
 from .data.voc import DEFAULT_SPLITS
 from .metrics import DEFAULT_THRESHOLDS
-from .registry import BACKBONES, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SEGMENT_CONTRASTS, SEGMENT_METHODS
+from .registry import (AFFINITY_METHODS, BACKBONES, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SEGMENT_CONTRASTS,
+                       SEGMENT_METHODS)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class SegModelConfig(BackboneConfig):
     aspp_channels: int = 128
     decoder_channels: int = 128
     low_level_channels: int = 32
+
+
+@dataclass(frozen=True)
+class AffinityModelConfig(BackboneConfig):
+    """The affinity network's backbone: by default the CAM classifier's, with its trained weights."""
+
+    backbone: str = ""  # "" = the CAM checkpoint's backbone
+    pretrained: str = "cam"  # cam (the CAM checkpoint's backbone weights), none, imagenet, or a weights file
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,25 @@ class TrainCamConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
+class TrainAffinityConfig(TrainingConfig):
+    """IRN's schedule by default (run_sample.py: 3 epochs, lr 0.1, weight decay 1e-4, rescale 0.5-1.5)."""
+
+    epochs: int = 3
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    method: str = "irn"
+    method_options: dict[str, str] = field(default_factory=dict)  # the method's Options, as KEY=VALUE strings
+    model: AffinityModelConfig = field(default_factory=AffinityModelConfig)
+    pseudo: str = "crf"  # the pseudo-mask set it learns from (confident foreground and background, 255 between)
+    cam_checkpoint: str = ""  # where --pretrained cam and the default backbone come from (default: the run's)
+
+    def __post_init__(self):
+        AFFINITY_METHODS.check(self.method)
+        if self.model.backbone:
+            BACKBONES.check(self.model.backbone)
+        check_plain_name(mask_set_name(self.pseudo), "mask set name", "crf")
+
+
+@dataclass(frozen=True)
 class InferCamConfig:
     split: str = "train"
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
@@ -109,6 +137,7 @@ class PseudoLabelConfig:
     split: str = "train"
     refine: str = "crf"
     pcm_checkpoint: str = ""  # for --refine pcm: a SEAM checkpoint (default: the run's cam/checkpoint.pt)
+    affinity_checkpoint: str = ""  # for --refine rw: an affinity checkpoint (default: the run's affinity/checkpoint.pt)
     saliency_dir: str = ""  # for --refine saliency: <id>.png maps (default: the run's saliency/)
     saliency_threshold: float = 0.5  # for --refine saliency: below it a pixel is background
     fg_threshold: float = 0.30

@@ -6,7 +6,8 @@ As in IRN's cam_to_ir_label: the background score is a constant threshold stacke
 the high (foreground) threshold gives confident foreground, with the low (background) threshold confident
 background; each map goes through the label refinements (dense CRF); pixels the two disagree on are 255
 (ignored by the segmenter's loss). `--refine saliency` takes the background from saliency maps instead
-(see stages/refine/saliency_background.py). Images are processed in parallel worker processes (CRF is single-threaded).
+(see stages/refine/saliency_background.py); `--refine rw` walks the scores with the run's affinity network
+(stages/refine/random_walk.py). Images are processed in parallel worker processes (CRF is single-threaded).
 A killed run resumes where it stopped: masks already written with the same config and inputs are kept (see
 core/resumable.py). Under torchrun each process labels every N-th image.
 """
@@ -22,6 +23,7 @@ import torch
 
 from .config import PseudoLabelConfig
 from .core.camstore import CamReader
+from .core.checkpoint import load_checkpoint
 from .core.console import console, progress_bar
 from .core.distributed import processes
 from .core.errors import UserError
@@ -57,10 +59,16 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
     """Pseudo masks of a split; skipped when up to date (see `Run.execute`) unless `force`."""
     names = config.refinements
     refine_inputs = RefineInputs(checkpoint=Path(config.pcm_checkpoint or run.cam_checkpoint.path),
+                                 affinity_checkpoint=(Path(config.affinity_checkpoint) if config.affinity_checkpoint
+                                                      else run.affinity_checkpoint.path),
                                  saliency_dir=config.saliency_dir or str(run.saliency.path),
                                  saliency_threshold=config.saliency_threshold)
     if "pcm" in names:  # checked here without building the model: workers build it
         check_pcm_checkpoint(refine_inputs.checkpoint)
+    if "rw" in names:
+        if not config.affinity_checkpoint:
+            run.affinity_checkpoint.require()  # "run `wsss train-affinity` first"
+        load_checkpoint(refine_inputs.affinity_checkpoint, "affinity")
     if "saliency" in names:  # a missing directory fails here, once
         SaliencyBackground.from_inputs(refine_inputs)
     dataset = run.dataset()
@@ -74,6 +82,7 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
                         f"(e.g. {missing[0]}): re-run `{cams.made_by}`")
     out_dir = run.pseudo(config.mask_set).path
     inputs = ([run.dataset_index.path, cam_file] + ([refine_inputs.checkpoint] if "pcm" in names else [])
+              + ([refine_inputs.affinity_checkpoint] if "rw" in names else [])
               + ([Path(refine_inputs.saliency_dir)] if "saliency" in names else []))
 
     def work() -> dict:

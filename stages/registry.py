@@ -1,5 +1,5 @@
 """Everything plugged in by name, one registry per kind: CAM methods, their add-on losses, segmenter methods and
-their add-on contrasts, pseudo-mask refinements, backbones and saliency sources.
+their add-on contrasts, affinity methods, pseudo-mask refinements, backbones and saliency sources.
 
 An entry is a name, where its code lives (`module:attribute`, imported only when it is used, so `wsss --help`
 and every option error run without loading torch) and a one-line summary. The CLI's help texts, its "choose
@@ -99,11 +99,18 @@ SEGMENT_CONTRASTS = Registry(
           "cross-image pixel contrast with memory banks"),
 )
 
+AFFINITY_METHODS = Registry(
+    "affinity method",
+    Entry("irn", "stages.affinity.irn:IrnAffinity", "IRN: class boundaries on a frozen backbone, stride 4"),
+    Entry("psa", "stages.affinity.psa:PsaAffinity", "AffinityNet (PSA, as SEAM uses it): feature distances, stride 8"),
+)
+
 REFINEMENTS = Registry(
     "refinement",
     Entry("crf", "stages.refine.crf:DenseCrf", "dense CRF"),
     Entry("pcm", "stages.refine.pcm:PcmRefinement", "SEAM's pixel correlation module, from a SEAM checkpoint"),
     Entry("saliency", "stages.refine.saliency_background:SaliencyBackground", "background from saliency maps"),
+    Entry("rw", "stages.refine.random_walk:RandomWalk", "random walk of the run's affinity network (train-affinity)"),
 )
 
 BACKBONES = Registry(
@@ -127,4 +134,5 @@ SALIENCY_SOURCES = Registry(
     Entry("mbd", "stages.data.saliency_maps:MinimumBarrierSaliency", "built-in Minimum Barrier saliency, no weights"),
 )
 
-REGISTRIES = (CAM_METHODS, CAM_ADDONS, SEGMENT_METHODS, SEGMENT_CONTRASTS, REFINEMENTS, BACKBONES, SALIENCY_SOURCES)
+REGISTRIES = (CAM_METHODS, CAM_ADDONS, SEGMENT_METHODS, SEGMENT_CONTRASTS, AFFINITY_METHODS, REFINEMENTS, BACKBONES,
+              SALIENCY_SOURCES)

@@ -8,6 +8,7 @@ under a minute on two CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict
 
@@ -15,7 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages.config import CamModelConfig, PseudoLabelConfig, SegModelConfig, SegmentConfig, TrainCamConfig
+from stages.affinity import affinity_model_from_checkpoint, build_affinity_model
+from stages.affinity.pairs import search_directions
+from stages.affinity.walk import random_walk, transition_matrix
+from stages.config import (AffinityModelConfig, CamModelConfig, PseudoLabelConfig, SegModelConfig, SegmentConfig,
+                           TrainAffinityConfig, TrainCamConfig)
 from stages.core.checkpoint import (checkpoint_normalization, load_checkpoint, load_state, model_config,
                                     save_checkpoint)
 from stages.core.errors import UserError
@@ -27,8 +32,8 @@ from stages.models.backbone import create_backbone
 from stages.models.deeplab import DeepLab
 from stages.pseudo_label import make_pseudo_mask
 from stages.refine import ImageItem, RefineInputs, Refinement, parse_refinements
-from stages.registry import (BACKBONES, CAM_ADDONS, CAM_METHODS, REFINEMENTS, REGISTRIES, SALIENCY_SOURCES,
-                             SEGMENT_CONTRASTS, SEGMENT_METHODS, Registry)
+from stages.registry import (AFFINITY_METHODS, BACKBONES, CAM_ADDONS, CAM_METHODS, REFINEMENTS, REGISTRIES,
+                             SALIENCY_SOURCES, SEGMENT_CONTRASTS, SEGMENT_METHODS, Registry)
 
 NUM_CLASSES = 3  # foreground
 CLASS_NAMES = ["background", "a", "b", "c"]
@@ -295,7 +300,12 @@ def refine_inputs(tmp_path_factory) -> RefineInputs:
     saliency[8:32, 10:38] = 1.0
     (folder / "saliency").mkdir()
     save_saliency(folder / "saliency" / f"{IMAGE_ID}.png", saliency)
-    return RefineInputs(checkpoint=checkpoint, saliency_dir=str(folder / "saliency"))
+    affinity_config = TrainAffinityConfig(model=AffinityModelConfig(backbone="resnet10", pretrained="none"))
+    affinity = build_affinity_model(affinity_config.method, affinity_config.model)
+    save_checkpoint(folder / "affinity.pt", kind="affinity", config=asdict(affinity_config), class_names=CLASS_NAMES,
+                    model=affinity, normalization=affinity.normalization, metrics={})
+    return RefineInputs(checkpoint=checkpoint, saliency_dir=str(folder / "saliency"),
+                        affinity_checkpoint=folder / "affinity.pt")
 
 
 def image_cams() -> tuple[np.ndarray, np.ndarray]:
@@ -331,6 +341,48 @@ def test_refinement_keeps_shapes_and_label_range(name, refine_inputs):
 def test_parse_refinements_builds_the_registered_class(name, refine_inputs):
     refinements = parse_refinements(name, refine_inputs)
     assert len(refinements) == 1 and type(refinements[0]) is REFINEMENTS.get(name)
+
+
+# ----------------------------------------------------------------------------------------------- affinity
+@pytest.mark.parametrize("backbone", TRAINED_BACKBONES)
+@pytest.mark.parametrize("name", AFFINITY_METHODS.names())
+def test_affinity_method_trains_saves_and_walks(name, backbone, tmp_path):
+    torch.manual_seed(0)
+    config = TrainAffinityConfig(method=name, model=AffinityModelConfig(backbone=backbone, pretrained="none"))
+    model = build_affinity_model(name, config.model).train()
+    images, _ = images_and_labels()
+    masks = torch.randint(0, NUM_CLASSES + 1, images.shape[:1] + images.shape[2:])
+    masks[:, :4] = IGNORE_INDEX
+    terms = model.training_losses(images, masks)
+    summed(terms).backward()
+    base, head = model.param_groups()
+    assert has_gradient(base + head)
+    assert_finite_gradients(model)
+
+    path = tmp_path / "affinity.pt"
+    save_checkpoint(path, kind="affinity", config=asdict(config), class_names=CLASS_NAMES, model=model,
+                    normalization=model.normalization, metrics={})
+    payload = load_checkpoint(path, "affinity")
+    loaded = affinity_model_from_checkpoint(payload, path)
+    assert checkpoint_normalization(payload, path) == model.normalization
+    image = torch.randn(1, 3, 37, 45)
+    model.eval()
+    affinities, context = loaded.walk_affinities(image)
+    torch.testing.assert_close(affinities, model.walk_affinities(image)[0])
+    assert affinities.shape == (len(search_directions(loaded.options.walk_radius)),
+                                (37 - 1) // loaded.stride + 1, (45 - 1) // loaded.stride + 1)
+    scores = torch.cat([torch.full((1, 37, 45), 0.25), torch.rand(2, 37, 45)])
+    transition = transition_matrix(affinities, search_directions(loaded.options.walk_radius), loaded.options.beta)
+    walked = loaded.walk_scores(scores, context, lambda maps: random_walk(maps, transition, 4))
+    assert walked.shape == scores.shape and torch.isfinite(walked).all()
+
+
+@pytest.mark.parametrize("name", AFFINITY_METHODS.names())
+def test_affinity_method_options_have_defaults_and_reject_unknown_keys(name):
+    options = AFFINITY_METHODS.get(name).Options()
+    assert dataclasses.asdict(options)
+    with pytest.raises(UserError, match="has no option 'no_such_option'"):
+        build_affinity_model(name, AffinityModelConfig(backbone="resnet10"), {"no_such_option": "1"})
 
 
 # ----------------------------------------------------------------------------------------------- backbones

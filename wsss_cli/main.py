@@ -11,12 +11,13 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from stages.config import (CamModelConfig, EvaluateConfig, FolderDataConfig, InferCamConfig, PseudoLabelConfig,
-                           ReportConfig, SaliencyConfig, SegModelConfig, SegmentConfig, SynthDataConfig,
-                           TrainCamConfig, VocDataConfig)
+from stages.config import (AffinityModelConfig, CamModelConfig, EvaluateConfig, FolderDataConfig, InferCamConfig,
+                           PseudoLabelConfig, ReportConfig, SaliencyConfig, SegModelConfig, SegmentConfig,
+                           SynthDataConfig, TrainAffinityConfig, TrainCamConfig, VocDataConfig)
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
-from stages.registry import CAM_ADDONS, CAM_METHODS, REFINEMENTS, SALIENCY_SOURCES, SEGMENT_CONTRASTS, SEGMENT_METHODS
+from stages.registry import (AFFINITY_METHODS, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SALIENCY_SOURCES,
+                             SEGMENT_CONTRASTS, SEGMENT_METHODS)
 
 from .options import (DEFAULT_RUN, AmpOption, DeviceOption, ForceOption, ResumeOption, RunOption, SeedOption,
                       SkipBadOption, VerifyOption, WorkersOption, floats, ints, joined, key_values, names, pair,
@@ -33,7 +34,7 @@ app.add_typer(data_app, name="data")
 
 # Option defaults come from the stage configs, so the CLI and the Python API cannot disagree.
 SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
-SALIENCY, EVALUATE, REPORT = SaliencyConfig(), EvaluateConfig(), ReportConfig()
+SALIENCY, EVALUATE, REPORT, AFFINITY = SaliencyConfig(), EvaluateConfig(), ReportConfig(), TrainAffinityConfig()
 VOC, FOLDER = VocDataConfig(), FolderDataConfig()
 
 
@@ -244,6 +245,35 @@ def saliency(
     stage(_run(run), config, force=force)
 
 
+# ----------------------------------------------------------------------------------------------- train-affinity
+@app.command("train-affinity")
+@user_errors
+@training_options(AFFINITY, AFFINITY.model)
+def train_affinity(
+    run: RunOption = DEFAULT_RUN,
+    method: Annotated[str, typer.Option(help="Affinity method: " + AFFINITY_METHODS.help() + ".")] = AFFINITY.method,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="A method hyper-parameter KEY=VALUE (repeatable), training and walk alike (e.g. "
+                               "beta=8); see the method's Options.")] = None,
+    pseudo: Annotated[str, typer.Option(help="The pseudo-mask set to learn from, RUN/pseudo/SET (confident "
+                                             "foreground and background, 255 between).")] = AFFINITY.pseudo,
+    cam_checkpoint: Annotated[str, typer.Option(help="CAM checkpoint whose backbone (the default --backbone) and "
+                                                     "weights (--pretrained cam, the default) it starts from "
+                                                     "(default: the run's).")] = AFFINITY.cam_checkpoint,
+    resume: ResumeOption = False,
+    force: ForceOption = False,
+    training: dict = None,
+    backbone: dict = None,
+):
+    """Train the inter-pixel affinity network whose random walk refines CAMs (`pseudo-label --refine rw`), from
+    pseudo masks. --backbone '' and --pretrained cam (the defaults) start from the CAM classifier's backbone."""
+    config = TrainAffinityConfig(method=method, method_options=key_values(option), pseudo=pseudo,
+                                 cam_checkpoint=cam_checkpoint, model=AffinityModelConfig(**backbone), **training)
+    from stages.train_affinity import train_affinity as stage
+
+    stage(_run(run), config, resume=resume, force=force)
+
+
 # ----------------------------------------------------------------------------------------------- pseudo-label
 @app.command("pseudo-label")
 @user_errors
@@ -254,11 +284,15 @@ def pseudo_label(
                                              + REFINEMENTS.help() + ".")] = PSEUDO.refine,
     pcm_checkpoint: Annotated[str, typer.Option(help="SEAM checkpoint for --refine pcm (default: the run's "
                                                      "cam/checkpoint.pt).")] = PSEUDO.pcm_checkpoint,
+    affinity_checkpoint: Annotated[str, typer.Option(help="Affinity checkpoint for --refine rw (default: the run's "
+                                                          "affinity/checkpoint.pt from `wsss train-affinity`).")]
+    = PSEUDO.affinity_checkpoint,
     saliency: Annotated[str, typer.Option(help="Saliency maps (<id>.png) for --refine saliency (default: "
                                                "RUN/saliency from `wsss saliency`).")] = PSEUDO.saliency_dir,
     saliency_threshold: Annotated[float, typer.Option(help="--refine saliency: pixels less salient than this are "
                                                            "background.")] = PSEUDO.saliency_threshold,
-    fg_threshold: Annotated[float, typer.Option(help="Background score for confident foreground (IRN 0.30).")]
+    fg_threshold: Annotated[float, typer.Option(help="Background score for confident foreground (IRN 0.30; "
+                                                     "after IRN's random walk, 0.25 for both).")]
     = PSEUDO.fg_threshold,
     bg_threshold: Annotated[float, typer.Option(help="Background score for confident background (IRN 0.05).")]
     = PSEUDO.bg_threshold,
@@ -270,7 +304,8 @@ def pseudo_label(
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = PSEUDO.workers,
 ):
     """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
-    config = PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint, saliency_dir=saliency,
+    config = PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
+                               affinity_checkpoint=affinity_checkpoint, saliency_dir=saliency,
                                saliency_threshold=saliency_threshold, fg_threshold=fg_threshold,
                                bg_threshold=bg_threshold, raw=raw, name=name, workers=workers)
     from stages.pseudo_label import pseudo_label as stage

@@ -78,7 +78,7 @@ def key_values(pairs: list[str] | None, flag: str = "--option") -> dict[str, str
 
 
 def pretrained_value(text: str) -> str:
-    return text if text in ("none", "imagenet") else str(Path(text))
+    return text if text in ("none", "imagenet", "cam") else str(Path(text))
 
 
 # Each shared field: (its option's type on the command line, help, parser from that type to the config's value).
@@ -102,7 +102,8 @@ _SHARED: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
     "output_stride": (int, "Backbone output stride: 8, 16 or 32.", int),
     "pretrained": (str, "none, imagenet (torchvision's for ResNets; offline, from the installed packages, for "
                          "efficientnet_lite0/1/2; downloaded by timm for other timm models) or a weights file "
-                         "(a state dict in torchvision's or timm's key names).", pretrained_value),
+                         "(a state dict in torchvision's or timm's key names); train-affinity also takes cam (the "
+                         "CAM checkpoint's weights, its default).", pretrained_value),
 }
 _FLAGS = {"sync_bn": "--sync-bn"}  # on/off options that have no --no- form
 _MIN_ONE = ("epochs", "batch_size")

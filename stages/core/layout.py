@@ -12,6 +12,7 @@ its method and training masks (`pseudo-crf`, `gt-memory`, `mcic`), an evaluation
       cam/checkpoint.pt            train-cam  (cam/train_state.pt while it trains)
       cams/SPLIT.h5, SPLIT-raw.h5  infer-cam
       saliency/ID.png              saliency   (info-SPLIT.json: the maps' quality)
+      affinity/checkpoint.pt       train-affinity  (affinity/train_state.pt while it trains)
       pseudo/SET/ID.png            pseudo-label --refine ... (SET = mask_set_name); pseudo/mcic: segment --method mcic
       segment/TAG/checkpoint.pt    segment    (train_state.pt while it trains; pred_SPLIT/ID.png its predictions)
       eval/NAME.json               evaluate
@@ -102,6 +103,15 @@ class Layout:
 
     def saliency_info(self, split: str) -> Path:
         return self.path("saliency", f"info-{split}.json")
+
+    # ---- inter-pixel affinity
+    @property
+    def affinity_checkpoint(self) -> Artifact:
+        return Artifact(self.path("affinity", "checkpoint.pt"), "wsss train-affinity")
+
+    @property
+    def affinity_training_state(self) -> Path:
+        return self.path("affinity", "train_state.pt")
 
     # ---- pseudo masks
     def pseudo(self, mask_set: str) -> Artifact:

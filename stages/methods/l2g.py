@@ -233,6 +233,11 @@ class L2GCam(nn.Module):
         return F.relu(self.global_net(images)[:, 1:])
 
     @property
+    def backbone(self) -> nn.Module:
+        """The global network's backbone: the one whose CAMs `infer-cam` writes."""
+        return self.global_net.backbone
+
+    @property
     def normalization(self):
         return self.global_net.backbone.normalization
 

@@ -37,9 +37,11 @@ class ImageItem:
 
 @dataclass(frozen=True)
 class RefineInputs:
-    """What refinements may need besides the image: the CAM checkpoint (PCM) and saliency maps (saliency)."""
+    """What refinements may need besides the image: the CAM checkpoint (PCM), saliency maps (saliency) and the
+    affinity checkpoint (rw)."""
 
     checkpoint: Path | None = None
+    affinity_checkpoint: Path | None = None
     saliency_dir: str = ""
     saliency_threshold: float = 0.5
 

@@ -1,0 +1,163 @@
+"""Does the random walk beat the CRF? The affinity methods' pseudo masks on a regime's runs, side by side.
+
+Protocol, fixed before any result. For each seed, in a copy of the regime's run folder from
+`benchmarks/regimes.py` (runs/regimes/REGIME-seedN: CAMs of train and the CRF pseudo masks, IRN's thresholds):
+  - `train-affinity --method irn`, then `pseudo-label --refine rw` with IRN's background 0.25 for both thresholds
+    (set `rw-irn`, IRN's own semantic labels) and `--refine rw,crf` with the default 0.30 / 0.05 (`rw-irn+crf`);
+  - `train-affinity --method psa --force`, then `pseudo-label --refine rw` (`rw-psa`, every pixel labelled);
+  - each set and the run's `crf` set evaluated on train: mIoU, coverage (labelled share), confident-pixel mIoU;
+  - stage seconds from the manifest, and the walk's seconds per image and peak memory on VOC-sized copies
+    (500x375) of 8 train images in a child process (`--voc-sized`);
+  - with `--segment SET`: the segmenter (`make all`'s options) trained on that set, evaluated on val, against
+    the run's segmenter on `crf` (choose SET by the mean mIoU over seeds, after the pseudo-mask phase).
+Everything goes to benchmarks/results/affinity.json after each run (`--resume` keeps the runs it holds).
+
+    python benchmarks/affinity.py --regime lite0-imagenet --seeds 0,1,2 [--segment rw-irn+crf] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from readme_table import machine_info  # noqa: E402  (benchmarks/, the script's folder)
+from regimes import REGIMES  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "affinity.json"
+WSSS = str(ROOT / ".venv" / "bin" / "wsss")
+# set name: (train-affinity method, pseudo-label options)
+MASK_SETS = {
+    "rw-irn": ("irn", ["--refine", "rw", "--fg-threshold", "0.25", "--bg-threshold", "0.25"]),
+    "rw-irn+crf": ("irn", ["--refine", "rw,crf"]),
+    "rw-psa": ("psa", ["--refine", "rw"]),
+}
+KEYS = ("miou", "coverage", "miou_confident")
+
+
+def sh(*command: str) -> None:
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def evaluation(run: Path, name: str, split: str) -> dict:
+    return json.loads((run / "eval" / f"{name}_{split}.json").read_text())
+
+
+def measure(regime: str, seed: int, segment_set: str) -> dict:
+    source = ROOT / "runs" / "regimes" / f"{regime}-seed{seed}"
+    if not (source / "pseudo" / "crf").is_dir():
+        raise SystemExit(f"{source} has no CRF pseudo masks: run `python benchmarks/regimes.py --regimes {regime} "
+                         f"--seeds {seed}` first")
+    run = ROOT / "runs" / "affinity" / f"{regime}-seed{seed}"
+    if run.exists():
+        shutil.rmtree(run)
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("pred_*", "report.html"))
+    record = {"regime": regime, "seed": seed, "sets": {"crf": pick(evaluation(run, "pseudo-crf", "train"))}}
+    seconds = {}
+    for name, (method, options) in MASK_SETS.items():
+        manifest_key = f"train-affinity-{method}"
+        if manifest_key not in seconds:
+            sh(WSSS, "train-affinity", "--run", str(run), "--method", method, "--force", "--seed", str(seed))
+            seconds[manifest_key] = stage_seconds(run, "train-affinity")
+            record[f"voc_sized_{method}"] = voc_sized(run)
+        sh(WSSS, "pseudo-label", "--run", str(run), *options, "--name", name)
+        sh(WSSS, "evaluate", f"pseudo/{name}", "--run", str(run), "--split", "train")
+        seconds[f"pseudo-label-{name}"] = stage_seconds(run, f"pseudo-label/{name}")
+        record["sets"][name] = pick(evaluation(run, f"pseudo-{name}", "train"))
+    record["seconds"] = seconds
+    if segment_set:
+        _, _, segment_options = REGIMES[regime]
+        sh(WSSS, "segment", "--run", str(run), "--pseudo", segment_set, "--seed", str(seed), *segment_options.split())
+        sh(WSSS, "evaluate", f"segment/pseudo-{segment_set}", "--run", str(run), "--split", "val")
+        record["segment"] = {segment_set: evaluation(run, f"segment-pseudo-{segment_set}", "val")["miou"],
+                             "crf": evaluation(run, "segment-pseudo-crf", "val")["miou"]}
+    return record
+
+
+def pick(result: dict) -> dict:
+    return {key: result.get(key) for key in KEYS}
+
+
+def stage_seconds(run: Path, key: str) -> float:
+    return json.loads((run / "manifest.json").read_text())["stages"][key]["seconds"]
+
+
+VOC_SIZED = r"""
+import json, resource, sys, time
+import numpy as np, torch
+from PIL import Image
+from stages.core.camstore import CamReader
+from stages.core.runs import Run
+from stages.refine import ImageItem
+from stages.refine.random_walk import RandomWalk
+run = Run(sys.argv[1])
+walk = RandomWalk(run.affinity_checkpoint.path)
+samples = run.dataset().split("train")[:8]
+times = []
+with CamReader(run.cams("train").path) as reader:
+    for sample in samples:
+        image = np.asarray(Image.open(sample.image).convert("RGB").resize((500, 375), Image.BILINEAR))
+        cams, _ = reader.read(sample.id)
+        cams = torch.nn.functional.interpolate(torch.from_numpy(cams)[None], size=(375, 500), mode="bilinear")[0]
+        scores = np.concatenate([np.full((1, 375, 500), 0.25, np.float32), cams.numpy()])
+        started = time.perf_counter()
+        walk.refine_scores(ImageItem(sample.id, image), scores)
+        times.append(time.perf_counter() - started)
+print(json.dumps({"seconds_per_image": float(np.median(times)), "threads": torch.get_num_threads(),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def voc_sized(run: Path) -> dict:
+    """The walk's median seconds per VOC-sized image and the child's peak RSS (affinity network included)."""
+    output = subprocess.run([sys.executable, "-c", VOC_SIZED, str(run)], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def summarise(runs: list[dict]) -> dict:
+    summary = {}
+    for name in dict.fromkeys(n for r in runs for n in r["sets"]):
+        summary[name] = {}
+        for key in KEYS:
+            values = [r["sets"][name][key] for r in runs if name in r["sets"] and r["sets"][name][key] is not None]
+            if values:
+                summary[name][key] = {"mean": statistics.fmean(values), "values": values,
+                                      "sd": statistics.stdev(values) if len(values) > 1 else None}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regime", required=True, choices=list(REGIMES))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--segment", default="", help="also train the segmenter on this mask set")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
+    args = parser.parse_args()
+    if args.segment and args.segment not in MASK_SETS:
+        parser.error(f"--segment takes one of {', '.join(MASK_SETS)}")
+    runs = json.loads(RESULTS.read_text())["runs"] if args.resume and RESULTS.exists() else []
+    done = {(r["regime"], r["seed"], bool(r.get("segment"))) for r in runs}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        if (args.regime, seed, bool(args.segment)) in done:
+            continue
+        started = time.perf_counter()
+        record = measure(args.regime, seed, args.segment)
+        record["wall_seconds"] = round(time.perf_counter() - started, 1)
+        runs = [r for r in runs if (r["regime"], r["seed"]) != (args.regime, seed)] + [record]
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"machine": machine_info(), "summary": summarise(runs), "runs": runs},
+                                      indent=2) + "\n")
+        print(f"affinity: {args.regime} seed {seed} done -> {RESULTS}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,12 +12,22 @@ from dataclasses import dataclass, field
 
 from .core.errors import UserError
 from .core.io import check_plain_name
+from .core.limits import check_numbers
 from .core.layout import mask_set_name, segment_tag
 from .data.synth import SynthConfig
 from .data.voc import DEFAULT_SPLITS
 from .metrics import DEFAULT_THRESHOLDS
 from .registry import (AFFINITY_METHODS, BACKBONES, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SEGMENT_CONTRASTS,
                        SEGMENT_METHODS)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A stage config: its numbers (nested configs' too) are checked against `core.limits` when it is made;
+    a config with checks of its own runs them after `super().__post_init__()`."""
+
+    def __post_init__(self):
+        check_numbers(self)
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class AffinityModelConfig(BackboneConfig):
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Checked):
     """What every training stage takes: its split, the SGD schedule, the augmentation and how it runs."""
 
     train_split: str = "train"
@@ -80,6 +90,7 @@ class TrainCamConfig(TrainingConfig):
     saliency_dir: str = ""  # for methods that use saliency (L2G shape transfer); default: the run's saliency/
 
     def __post_init__(self):
+        super().__post_init__()
         CAM_METHODS.check(self.method)
         if self.aux:
             CAM_ADDONS.check(self.aux)
@@ -99,6 +110,7 @@ class TrainAffinityConfig(TrainingConfig):
     cam_checkpoint: str = ""  # where --pretrained cam and the default backbone come from (default: the run's)
 
     def __post_init__(self):
+        super().__post_init__()
         AFFINITY_METHODS.check(self.method)
         if self.model.backbone:
             BACKBONES.check(self.model.backbone)
@@ -106,7 +118,7 @@ class TrainAffinityConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
-class InferCamConfig:
+class InferCamConfig(Checked):
     split: str = "train"
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
@@ -119,21 +131,20 @@ class InferCamConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise UserError(f"scales must be positive numbers, got {list(self.scales)}")
-        if self.part_size < 1:
-            raise UserError(f"part size must be at least 1, got {self.part_size}")
+        super().__post_init__()
+        if not self.scales:
+            raise UserError("--scales needs at least one scale")
 
 
 @dataclass(frozen=True)
-class SaliencyConfig:
+class SaliencyConfig(Checked):
     split: str = "train"
     source: str = "mbd"  # a registered saliency source's name, or a directory of <id>.png maps
     workers: int = 2
 
 
 @dataclass(frozen=True)
-class PseudoLabelConfig:
+class PseudoLabelConfig(Checked):
     split: str = "train"
     refine: str = "crf"
     pcm_checkpoint: str = ""  # for --refine pcm: a SEAM checkpoint (default: the run's cam/checkpoint.pt)
@@ -147,6 +158,7 @@ class PseudoLabelConfig:
     workers: int = 2
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 <= self.bg_threshold <= self.fg_threshold <= 1:
             raise UserError(f"need 0 <= bg threshold <= fg threshold <= 1, got {self.bg_threshold} and "
                             f"{self.fg_threshold}")
@@ -196,6 +208,10 @@ class SegmentConfig(TrainingConfig):
     crf: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
+        if self.batch_size < 2:  # the ASPP image-pooling branch sees one value per channel per image
+            raise UserError(f"segment trains BatchNorm layers, which need --batch-size 2 or more, got "
+                            f"{self.batch_size}")
         SEGMENT_METHODS.check(self.method)
         if self.contrast:
             SEGMENT_CONTRASTS.check(self.contrast)
@@ -208,37 +224,34 @@ class SegmentConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Checked):
     target: str = "cams"  # cams, cams-raw, pseudo/SET, segment/TAG, or a folder of masks
     split: str = "train"
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # the CAM background thresholds swept
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(Checked):
     split: str = "train"
     pseudo: str = "crf"  # the pseudo-mask set to show
     segment: str = SegmentConfig().tag  # the segmenter whose predictions to show
     num_samples: int = 12
     seed: int = 0
 
-    def __post_init__(self):
-        if self.num_samples < 0:
-            raise UserError(f"the number of samples must be 0 or more, got {self.num_samples}")
-
 
 @dataclass(frozen=True)
-class SynthDataConfig:
+class SynthDataConfig(Checked):
     synth: SynthConfig = field(default_factory=SynthConfig)  # what to generate
     out: str = ""  # where to write the images (default: the run's synth/); reused if it holds the same config
     workers: int = 2
 
     def __post_init__(self):
+        super().__post_init__()
         self.synth.validate()
 
 
 @dataclass(frozen=True)
-class VocDataConfig:
+class VocDataConfig(Checked):
     root: str = ""  # VOC2012, or a folder containing VOCdevkit/VOC2012
     splits: tuple[str, ...] = DEFAULT_SPLITS
     verify: bool = True  # decode every image and mask once (see data.verify)
@@ -247,7 +260,7 @@ class VocDataConfig:
 
 
 @dataclass(frozen=True)
-class FolderDataConfig:
+class FolderDataConfig(Checked):
     root: str = ""  # images/ (or images directly) and labels.csv|json
     labels: str = ""  # the labels file (default ROOT/labels.csv or .json)
     verify: bool = True

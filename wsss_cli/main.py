@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from stages.config import (AffinityModelConfig, CamModelConfig, EvaluateConfig, FolderDataConfig, InferCamConfig,
                            PseudoLabelConfig, ReportConfig, SaliencyConfig, SegModelConfig, SegmentConfig,
@@ -23,7 +24,38 @@ from .options import (DEFAULT_RUN, AmpOption, DeviceOption, ForceOption, ResumeO
                       SkipBadOption, VerifyOption, WorkersOption, floats, ints, joined, key_values, names, pair,
                       training_options)
 
+# Click's exception classes, from whichever click Typer runs on (recent Typers vendor their own copy).
+_CLICK_ERRORS = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+ClickException, UsageError = _CLICK_ERRORS["ClickException"], _CLICK_ERRORS["UsageError"]
+NoArgsIsHelpError = getattr(sys.modules[UsageError.__module__], "NoArgsIsHelpError", ())
+
+
+class OneLineErrors(TyperGroup):
+    """Click's own errors (a value an option refuses, an unknown option, a missing argument) as one `error:` line
+    with exit status 2, like the stages' errors, instead of a usage box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as error:  # `wsss` or `wsss data` alone: the help, as click shows it
+            typer.echo(error.ctx.get_help())
+            sys.exit(error.exit_code)
+        except ClickException as error:
+            message = " ".join(error.format_message().split())
+            context = getattr(error, "ctx", None)
+            hint = f" (see `{context.command_path} --help`)" if isinstance(error, UsageError) and context else ""
+            typer.secho(f"error: {message}{hint}", err=True, fg=typer.colors.RED)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Weakly supervised semantic segmentation: image labels → CAMs → pseudo masks → segmenter → mIoU.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -415,12 +447,19 @@ def report(
 # ----------------------------------------------------------------------------------------------- summary
 @app.command("summary")
 @user_errors
-def summary(run: RunOption = DEFAULT_RUN):
-    """Print the run's results and stage timings (from its manifest and RUN/eval/)."""
+def summary(
+    runs: Annotated[Optional[list[Path]], typer.Option(
+        "--run", help="Run folder; repeat it (e.g. one per seed) for one table with each run's mIoU and their "
+                      "mean ± sd.")] = None,
+):
+    """Print the run's results and stage timings (from its manifest and RUN/eval/); with several --run, their
+    evaluations side by side."""
     from stages.core.console import console
-    from stages.results import summary_tables
+    from stages.results import require_run, runs_table, summary_tables
 
-    for table in summary_tables(_run(run)):
+    folders = runs or [DEFAULT_RUN]
+    chosen = [require_run(_run(folder)) for folder in folders]
+    for table in summary_tables(chosen[0]) if len(chosen) == 1 else [runs_table(chosen)]:
         console.print(table)
 
 

@@ -22,7 +22,7 @@ from stages.registry import BACKBONES
 DEFAULT_RUN = Path("runs/default")
 
 RunOption = Annotated[Path, typer.Option("--run", help="Run folder: where stages read inputs and write outputs.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (GPU N of those CUDA_VISIBLE_DEVICES shows).")]
 AmpOption = Annotated[bool, typer.Option(help="Mixed precision: float16 on CUDA, bfloat16 on CPUs with native "
                                               "bf16, else off.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
@@ -95,7 +95,7 @@ _SHARED: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
     "crop_size": (int, "Square training crop.", int),
     "scale_range": (str, "MIN,MAX random rescale of the long side.", lambda text: pair(text, "--scale-range")),
     "workers": (int, "Worker processes for loading / CPU-bound work.", int),
-    "device": (str, "auto, cpu or cuda.", str),
+    "device": (str, "auto, cpu, cuda or cuda:N (GPU N of those CUDA_VISIBLE_DEVICES shows).", str),
     "amp": (bool, "Mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16, else off.", bool),
     "seed": (int, "Random seed.", int),
     "backbone": (str, "Backbone: " + BACKBONES.help() + ".", str),

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import UserError
+from ..core.limits import check_numbers
 from ..core.io import read_json, save_mask, write_json
 from .index import BACKGROUND, DatasetIndex, Sample
 
@@ -73,26 +74,12 @@ class SynthConfig:
     jpeg_quality: tuple[int, int] = (60, 95)
 
     def validate(self) -> None:
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
-        _require(self.num_train >= 1, f"num_train must be >= 1, got {self.num_train}")
-        _require(self.num_val >= 0, f"num_val must be >= 0, got {self.num_val}")
-        _require(32 <= self.image_size <= 2048, f"image_size must be in 32..2048, got {self.image_size}")
-        _require(
-            self.num_classes % 2 == 0 and 2 <= self.num_classes <= len(ALL_CLASSES),
-            f"num_classes must be an even number from 2 to {len(ALL_CLASSES)}, got {self.num_classes}",
-        )
-        low, high = self.objects_per_image
-        _require(1 <= low <= high <= 8, f"objects_per_image must satisfy 1 <= min <= max <= 8, got {low}, {high}")
-        low, high = self.object_scale
-        _require(0 < low <= high <= 1, f"object_scale must satisfy 0 < min <= max <= 1, got {low}, {high}")
-        _require(0 < self.marker_scale <= 0.2, f"marker_scale must be in (0, 0.2], got {self.marker_scale}")
-        for name in ("two_class_prob", "context_prob", "context_distractor_prob", "occluder_prob"):
-            value = getattr(self, name)
-            _require(0 <= value <= 1, f"{name} must be a probability in [0, 1], got {value}")
-        _require(0 <= self.colour_jitter < 1, f"colour_jitter must be in [0, 1), got {self.colour_jitter}")
-        _require(self.noise_std >= 0, f"noise_std must be >= 0, got {self.noise_std}")
-        low, high = self.jpeg_quality
-        _require(1 <= low <= high <= 100, f"jpeg_quality must satisfy 1 <= min <= max <= 100, got {low}, {high}")
+        check_numbers(self)  # every number's range (core/limits.py); below, what a range cannot say
+        _require(self.num_classes % 2 == 0 and self.num_classes <= len(ALL_CLASSES),
+                 f"num_classes must be an even number from 2 to {len(ALL_CLASSES)}, got {self.num_classes}")
+        for name in ("objects_per_image", "object_scale", "jpeg_quality"):
+            low, high = getattr(self, name)
+            _require(low <= high, f"{name} must be MIN,MAX with MIN <= MAX, got {low}, {high}")
         names = class_names(self.num_classes)[1:]
         _require(
             len(set(self.context_classes)) == len(self.context_classes),

@@ -106,7 +106,7 @@ def score_masks(index: DatasetIndex, samples: list[Sample], mask_dir: Path, conf
         if not path.is_file():
             raise UserError(f"predicted mask not found: {path} (run the stage that writes {mask_dir} for "
                             f"split {config.split!r}, e.g. `wsss pseudo-label --split {config.split}`)")
-        pred = load_mask(path)
+        pred = load_mask(path, num_classes)
         gt = load_ground_truth(index, sample)
         if pred.shape != gt.shape:
             raise UserError(f"mask {path} is {pred.shape} but the ground truth of {sample.id!r} is {gt.shape}")

@@ -3,9 +3,12 @@ headline numbers `wsss evaluate`, `wsss summary` and the report show. Reads only
 
 from __future__ import annotations
 
+import statistics
+
 from rich.table import Table
 
 from .config import SegmentConfig
+from .core.errors import UserError
 from .core.io import read_json
 from .core.runs import Run
 
@@ -62,6 +65,32 @@ def headline(run: Run) -> dict:
     numbers["seconds"] = {key: entry["seconds"] for key, entry in stages.items()}
     numbers["total_seconds"] = round(sum(numbers["seconds"].values()), 1)
     return numbers
+
+
+def require_run(run: Run) -> Run:
+    """The run, or a one-line error if its folder holds no manifest (nothing has run there)."""
+    if not run.manifest_path.is_file():
+        raise UserError(f"no wsss run at {run.root}: it has no {run.manifest_path.name} (run `wsss data synth "
+                        f"--run {run.root}` or another stage there first)")
+    return run
+
+
+def runs_table(runs: list[Run]) -> Table:
+    """Several runs (seeds) side by side: each evaluation's mIoU per run, and its mean ± sample sd over the runs
+    that have it."""
+    results = [{r["name"]: r for r in load_results(run)} for run in runs]
+    names = list(dict.fromkeys(name for run_results in results for name in run_results))
+    table = Table(title=f"{len(runs)} runs: mIoU %")
+    table.add_column("evaluation")
+    for run in runs:
+        table.add_column(run.root.name, justify="right")
+    table.add_column("mean ± sd (n)", justify="right")
+    for name in names:
+        values = [run_results[name]["miou"] if name in run_results else None for run_results in results]
+        present = [100 * v for v in values if v is not None]
+        spread = f" ± {statistics.stdev(present):.1f}" if len(present) > 1 else ""
+        table.add_row(name, *(percent(v) for v in values), f"{statistics.fmean(present):.1f}{spread} ({len(present)})")
+    return table
 
 
 def summary_tables(run: Run) -> list[Table]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import shutil
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +107,9 @@ def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: boo
                             model=model, normalization=model.normalization,
                             metrics={"epochs": history})
         trainer.eval()
+        if procs.is_main:  # predictions of splits this run does not predict are a previous model's: removed
+            for stale in set(run.all_predictions(config.tag)) - set(predictions.values()):
+                shutil.rmtree(stale)
         for split, predicted in predictions.items():
             finished = run.resumable_folder(stage, predicted, checkpoint=fingerprint(checkpoint))
             predict(model, dataset.split(split), predicted, finished, config, device, procs)

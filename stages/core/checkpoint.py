@@ -44,12 +44,20 @@ def safe_load(path: str | Path, what: str) -> Any:
         raise UserError(f"cannot read {what} {path}: {_reason(error)}") from None
 
 
+# Torch's refusal advises loading the file unsafely (weights_only=False) or allow-listing what it refused; wsss
+# never runs a file's code, so only the reason is passed on.
+_ADVICE = ("weights_only", "Weights only load failed", "Please file an issue", "Check the documentation")
+
+
 def _reason(error: Exception) -> str:
-    """One line of torch's error: for a refused pickle the line naming what it refused (its message runs over
-    several lines of advice on loading the file unsafely, which we never do)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    refused = [line for line in lines if line.startswith("WeightsUnpickler error:")]
-    return (refused or lines or [type(error).__name__])[0]
+    """One line saying why torch could not read the file, without its advice."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # what the safe unpickler refused, before its allow-listing advice
+        text = text.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0]
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not any(advice in line for advice in _ADVICE)]
+    return (f"not a file wsss can load without running code in it "
+            f"({type(error).__name__}{': ' + lines[0] if lines else ''})")
 
 
 def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:

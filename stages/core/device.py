@@ -14,13 +14,23 @@ from .errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """cpu or cuda; under torchrun each process takes the GPU of its LOCAL_RANK."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}: use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available (use --device cpu or auto)")
-    if name == "cpu" or not torch.cuda.is_available():
+    """auto, cpu, cuda or cuda:N (GPU N of those CUDA_VISIBLE_DEVICES shows); under torchrun each process takes
+    the GPU of its LOCAL_RANK."""
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but no CUDA device is available (use --device cpu or auto)")
+    if kind == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
+    if index:
+        if "LOCAL_RANK" in os.environ:
+            raise UserError(f"--device {name}: under torchrun each process takes the GPU of its LOCAL_RANK; use "
+                            "--device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        if int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (0.."
+                            f"{torch.cuda.device_count() - 1})")
+        return torch.device("cuda", int(index))
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -106,15 +106,22 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
         image.save(tmp, format="PNG")
 
 
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a label mask as (H, W) uint8. Palette PNGs give their indices; 'L' PNGs their values."""
+def load_mask(path: str | os.PathLike, num_labels: int | None = None) -> np.ndarray:
+    """Read a label mask as (H, W) uint8. Palette PNGs give their indices; 'L' PNGs their values. With
+    `num_labels` (classes, background included), a value that is neither a class nor 255 is a one-line error."""
     image = open_image(path, "mask")
     if image.mode in SIXTEEN_BIT_MODES:
         raise UserError(f"mask {path} is a 16-bit image (mode {image.mode}): expected a palette or 8-bit "
                         "grayscale PNG")
     if image.mode not in ("P", "L"):
         raise UserError(f"mask {path} has mode {image.mode}: expected a palette or 8-bit grayscale PNG")
-    return np.asarray(image, dtype=np.uint8)
+    mask = np.asarray(image, dtype=np.uint8)
+    if num_labels is not None:
+        stray = mask[(mask >= num_labels) & (mask != IGNORE_INDEX)]
+        if stray.size:
+            raise UserError(f"mask {path} holds value {int(stray[0])}, which is no class: the dataset has classes "
+                            f"0..{num_labels - 1} (and {IGNORE_INDEX} for unknown pixels)")
+    return mask
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

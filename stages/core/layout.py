@@ -135,6 +135,10 @@ class Layout:
     def predictions(self, tag: str, split: str) -> Artifact:
         return Artifact(self.segment(tag) / f"pred_{split}", f"wsss segment --predict {split}")
 
+    def all_predictions(self, tag: str) -> list[Path]:
+        """The prediction folders the segmenter's folder holds, of whichever splits."""
+        return sorted(self.segment(tag).glob("pred_*"))
+
     # ---- results
     @property
     def eval_dir(self) -> Path:

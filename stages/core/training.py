@@ -184,6 +184,10 @@ def train_epochs(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if not weights_finite(optimizer):
+                    raise UserError(f"training diverged: the weights became NaN or infinite at epoch {epoch + 1}, "
+                                    f"step {step}" + (f"; the last good state (after epoch {epoch}) is kept in "
+                                                      f"{state.path}" if epoch > 0 else "") + "; lower --lr")
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.item()
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.4f}")
@@ -193,6 +197,13 @@ def train_epochs(
             on_epoch_end(epoch, epoch_log)
             state.save(epoch + 1, history, optimizer, scaler, procs)
     return history
+
+
+def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every trained weight is finite: one reduction and one sync per step (the loss has one already);
+    a NaN or an infinity anywhere makes the sum non-finite."""
+    sums = [p.detach().float().sum() for group in optimizer.param_groups for p in group["params"]]
+    return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
 
 
 def log_epoch(epoch: int, epochs: int, values: dict[str, float]) -> None:

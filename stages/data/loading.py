@@ -125,7 +125,7 @@ class SplitDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image = load_image(sample.image)
-        mask = load_mask(self.mask_path(sample)) if self.with_masks else None
+        mask = load_mask(self.mask_path(sample), self.num_classes + 1) if self.with_masks else None
         saliency = has_saliency = None
         if self.saliency is not None:
             has_saliency = self.saliency.has(sample.id)

@@ -33,7 +33,8 @@ from .core.io import IGNORE_INDEX, load_image, save_mask
 from .core.resumable import finish_directory
 from .core.runs import Run, Stage, fingerprint
 from .core.training import TrainingState, distributed, log_epoch, make_optimizer, train_epochs, training_loader
-from .data.loading import Augment, SplitDataset, check_mask_sizes, multi_hot, same_size_batches
+from .data.loading import (Augment, SplitDataset, check_mask_sizes, multi_hot, require_mask_set,
+                           same_size_batches)
 from .data.saliency_maps import DirectorySaliency, saliency_directory
 from .methods import build_segment_method
 from .models.deeplab import DeepLab
@@ -136,12 +137,7 @@ def training_masks(run: Run, config: SegmentConfig, samples) -> Path | None:
             raise UserError(f"--labels gt needs ground-truth masks; {len(without)} {config.train_split} images "
                             f"have none (e.g. {without[0]})")
         return None
-    masks = run.pseudo(config.pseudo)
-    missing = [s.id for s in samples if not (masks.path / f"{s.id}.png").is_file()]
-    if missing:
-        raise UserError(f"no pseudo mask {masks.path}/{missing[0]}.png ({len(missing)} missing): run "
-                        f"`{masks.made_by}` first")
-    return masks.path
+    return require_mask_set(run.pseudo(config.pseudo), samples)
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ from .core.distributed import processes, synchronise_batchnorm
 from .core.errors import UserError
 from .core.runs import Run, Stage
 from .core.training import TrainingState, distributed, log_epoch, make_optimizer, train_epochs, training_loader
-from .data.loading import Augment, SplitDataset, check_mask_sizes
+from .data.loading import Augment, SplitDataset, check_mask_sizes, require_mask_set
 from .methods import cam_model_from_checkpoint
 
 
@@ -40,12 +40,7 @@ def train_affinity(run: Run, config: TrainAffinityConfig, *, resume: bool = Fals
         if uses_cam else None
     cam_payload = load_checkpoint(cam_path, "cam") if uses_cam else None
     config = with_cam_backbone(config, cam_payload)
-    masks = run.pseudo(config.pseudo)
-    mask_dir = masks.require()
-    missing = [s.id for s in samples if not (mask_dir / f"{s.id}.png").is_file()]
-    if missing:
-        raise UserError(f"no pseudo mask {mask_dir}/{missing[0]}.png ({len(missing)} missing): run "
-                        f"`{masks.made_by}` first")
+    mask_dir = require_mask_set(run.pseudo(config.pseudo), samples)
     check_mask_sizes(samples, lambda sample: f"{mask_dir}/{sample.id}.png")
     seed_everything(config.seed)
     model = build_affinity_model(config.method, config.model, config.method_options)

@@ -1,4 +1,5 @@
-"""What the affinity methods share: their backbone, padding, and pseudo masks reduced to the affinity's stride."""
+"""What the affinity methods share: their backbone, padding, pseudo masks reduced to the affinity's stride, and
+the affinity loss."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from ..config import AffinityModelConfig
 from ..models.backbone import create_backbone
+from .pairs import pair_labels
 
 # `--pretrained cam`: the backbone is built without weights and the stage loads the CAM classifier's into it.
 FROM_CAM = "cam"
@@ -34,3 +36,22 @@ def reduce_labels(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     label maps with PIL's nearest filter)."""
     reduced = F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest-exact")
     return reduced[:, 0].long()
+
+
+EPS = 1e-5  # official, in the logs of the loss and the means' denominators
+
+
+def affinity_loss(affinity: torch.Tensor, labels: torch.Tensor, directions) -> dict[str, torch.Tensor]:
+    """AffinityNet's and IRN's loss on pair affinities (N, D, h, w) against a label map (N, h, w): bg / 4 + fg / 4 +
+    neg / 2, bg and fg the mean of -log(p + 1e-5) over background and same-foreground pairs, neg the mean of
+    -log(1 + 1e-5 - p) over pairs of different classes (psa train_aff.py; irn train_irn.py's
+    (bg / 2 + fg / 2) / 2 + neg / 2 is the same sum)."""
+    background, foreground, different = pair_labels(labels, directions)
+    attract, repel = -torch.log(affinity + EPS), -torch.log(1 + EPS - affinity)
+    return {"bg": masked_mean(attract, background) / 4, "fg": masked_mean(attract, foreground) / 4,
+            "neg": masked_mean(repel, different) / 2}
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Official: sum(mask * values) / (sum(mask) + 1e-5)."""
+    return (values * mask).sum() / (mask.sum() + EPS)

@@ -39,10 +39,9 @@ from torch import nn
 
 from ..config import AffinityModelConfig
 from ..core.errors import UserError
-from .common import create_affinity_backbone, padded, reduce_labels, stride_size
-from .pairs import boundary_affinities, pair_labels, search_directions
+from .common import EPS, affinity_loss, create_affinity_backbone, padded, reduce_labels, stride_size
+from .pairs import boundary_affinities, search_directions
 
-EPS = 1e-5  # official, in the logs of the loss
 BRANCH_CHANNELS = 32
 
 
@@ -102,12 +101,8 @@ class IrnAffinity(nn.Module):
 
     def training_losses(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         boundary = torch.sigmoid(self(images).float())[:, 0]
-        labels = reduce_labels(masks, boundary.shape[-2:])
-        background, foreground, different = pair_labels(labels, search_directions(self.options.radius))
-        affinity = boundary_affinities(boundary, self.options.radius)
-        attract, repel = -torch.log(affinity + EPS), -torch.log(1 + EPS - affinity)
-        return {"bg": masked_mean(attract, background) / 4, "fg": masked_mean(attract, foreground) / 4,
-                "neg": masked_mean(repel, different) / 2}
+        return affinity_loss(boundary_affinities(boundary, self.options.radius),
+                             reduce_labels(masks, boundary.shape[-2:]), search_directions(self.options.radius))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         # IRN trains the boundary branch at the base learning rate; the backbone is frozen.
@@ -132,8 +127,3 @@ class IrnAffinity(nn.Module):
         walked = F.interpolate(walked[None], scale_factor=self.stride, mode="bilinear", align_corners=False)
         walked = walked[0, :, :height, :width]
         return torch.cat([scores[:1], walked / walked.max().clamp_min(EPS)])
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Official: sum(mask * values) / (sum(mask) + 1e-5)."""
-    return (values * mask).sum() / (mask.sum() + EPS)

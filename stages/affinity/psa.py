@@ -39,9 +39,8 @@ from torch import nn
 
 from ..config import AffinityModelConfig
 from ..core.errors import UserError
-from .common import create_affinity_backbone, padded, reduce_labels, stride_size
-from .irn import masked_mean
-from .pairs import feature_affinities, pair_labels, search_directions
+from .common import affinity_loss, create_affinity_backbone, padded, reduce_labels, stride_size
+from .pairs import feature_affinities, search_directions
 
 WIDTHS = (64, 128, 256)  # official f8_3, f8_4, f8_5
 
@@ -109,12 +108,8 @@ class PsaAffinity(nn.Module):
 
     def training_losses(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self(images).float()
-        labels = reduce_labels(masks, features.shape[-2:])
-        background, foreground, different = pair_labels(labels, search_directions(self.options.radius))
-        affinity = feature_affinities(features, self.options.radius)
-        attract, repel = -torch.log(affinity + 1e-5), -torch.log(1 + 1e-5 - affinity)
-        return {"bg": masked_mean(attract, background) / 4, "fg": masked_mean(attract, foreground) / 4,
-                "neg": masked_mean(repel, different) / 2}
+        return affinity_loss(feature_affinities(features, self.options.radius),
+                             reduce_labels(masks, features.shape[-2:]), search_directions(self.options.radius))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         trained = [p for p in self.backbone.parameters() if p.requires_grad]

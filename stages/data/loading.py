@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.errors import UserError
 from ..core.io import IGNORE_INDEX, load_image, load_mask
+from ..core.layout import Artifact
 from ..core.normalization import Normalization
 from .index import Sample, check_sample_id
 from .saliency_maps import DirectorySaliency
@@ -78,6 +80,16 @@ def random_crop(rng, image, mask, crop, saliency, fill):
     if saliency is not None:
         out_saliency[placed] = saliency[window]
     return out_image, out_mask, out_saliency
+
+
+def require_mask_set(masks: Artifact, samples: list[Sample]) -> Path:
+    """The mask set's folder, or a one-line error naming the first image without a mask and the command that makes
+    the set."""
+    missing = [s.id for s in samples if not (masks.path / f"{s.id}.png").is_file()]
+    if missing:
+        raise UserError(f"no pseudo mask {masks.path}/{missing[0]}.png ({len(missing)} missing): run "
+                        f"`{masks.made_by}` first")
+    return masks.path
 
 
 def check_mask_sizes(samples: list[Sample], mask_path: Callable[[Sample], str]) -> None:

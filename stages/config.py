@@ -263,6 +263,7 @@ class VocDataConfig(Checked):
 class FolderDataConfig(Checked):
     root: str = ""  # images/ (or images directly) and labels.csv|json
     labels: str = ""  # the labels file (default ROOT/labels.csv or .json)
+    classes: tuple[str, ...] = ()  # the class names in order (else ROOT/classes.txt or labels.json's 'classes')
     verify: bool = True
     skip_bad: bool = False
     workers: int = 8

@@ -15,7 +15,7 @@ from rich.table import Table
 from .config import FolderDataConfig, SynthDataConfig, VocDataConfig
 from .core.console import console, progress_bar
 from .core.runs import Run, Stage
-from .data.folder import read_folder
+from .data.folder import CLASSES_FILE, read_folder
 from .data.index import DatasetIndex
 from .data.synth import generate
 from .data.verify import bad_sample_error, distinct_samples, find_problems, skipped_summary, without_problems
@@ -63,12 +63,13 @@ def data_folder(run: Run, config: FolderDataConfig, *, force: bool = False) -> d
     labels_file = Path(config.labels) if config.labels else None
 
     def work() -> dict:
-        index = read_folder(root, labels_file)
+        index = read_folder(root, labels_file, config.classes)
         if config.verify:
             index = _verified(index, max(config.workers, 1), config.skip_bad)
         return _finish(run, index, config.verify)
 
-    inputs = [root] + ([labels_file] if labels_file else [])
+    inputs = ([root] + ([labels_file] if labels_file else [])
+              + ([root / CLASSES_FILE] if (root / CLASSES_FILE).is_file() else []))
     return run.execute(Stage("data", {"source": "folder", **asdict(config)}, inputs, [run.dataset_index.path], work),
                        force)
 

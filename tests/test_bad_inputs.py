@@ -45,8 +45,11 @@ def write_16_bit_png(path: Path, values: np.ndarray) -> None:
 
 
 def make_folder(root: Path, ids: list[str], split_of: dict[str, str] | None = None) -> Path:
-    """root/images/<id>.jpg (16x20, RGB) for each id, labelled 'cat', and a labels.csv with their splits."""
+    """root/images/<id>.jpg (16x20, RGB) for each id, labelled 'cat', a labels.csv with their splits and the class
+    list (classes.txt: cat)."""
     split_of = split_of or {}
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("cat\n")
     for sample_id in ids:
         write_image(root / "images" / f"{sample_id}.jpg")
     rows = [f"{sample_id},cat,{split_of.get(sample_id, 'train')}" for sample_id in ids]
@@ -203,6 +206,7 @@ def test_accepted_image_modes_pass_verification(tmp_path: Path):
     Image.new("RGBA", (WIDTH, HEIGHT), (1, 2, 3, 0)).save(root / "images" / "rgba.png")
     write_16_bit_png(root / "images" / "deep.png", np.full((HEIGHT, WIDTH), 40000))
     (root / "labels.csv").write_text("id,labels\ngray,cat\ncmyk,cat\nrgba,dog\ndeep,dog\n")
+    (root / "classes.txt").write_text("cat\ndog\n")
     run = tmp_path / "run"
     result = index_folder(root, run)
     assert result.exit_code == 0, result.output
@@ -485,3 +489,18 @@ def test_cam_file_of_another_schema_is_refused(run_copy: Path, write, fragment: 
     assert not (run_copy / output).exists()
     stages = json.loads((run_copy / "manifest.json").read_text())["stages"]
     assert not any(key.startswith(("pseudo-label", "evaluate")) for key in stages)
+
+
+def test_folder_mask_with_pixels_of_a_class_the_image_is_not_labelled_with(tmp_path: Path):
+    root = make_folder(tmp_path / "data", ["cat1", "cat2"])
+    (root / "classes.txt").write_text("cat\ndog\n")
+    save_mask(root / "masks" / "cat2.png", mask_with(2))  # dog pixels in an image labelled cat only
+    run = tmp_path / "run"
+    assert_one_line_error(index_folder(root, run), "has pixels of class 2, but image 'cat2' is labelled with classes 1")
+    assert_nothing_indexed(run)
+    assert index_folder(root, run, "--classes", "cat,dog").exit_code == 2  # two class lists: refused as well
+    (root / "classes.txt").unlink()
+    save_mask(root / "masks" / "cat2.png", mask_with(1))
+    result = index_folder(root, run, "--classes", "cat,dog")
+    assert result.exit_code == 0, result.output
+    assert DatasetIndex.load(run / "dataset.json").class_names == ["background", "cat", "dog"]

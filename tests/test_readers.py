@@ -188,6 +188,7 @@ def folder(tmp_path: Path) -> Path:
     for name in ["cat1.jpg", "dog1.png", "both.jpeg", "cat2.webp", "unlabelled.bmp"]:
         write_image(root / "images" / name)
     save_mask(root / "masks" / "cat1.png", mask_with(1))
+    (root / "classes.txt").write_text("cat\ndog\n")
     return root
 
 
@@ -223,6 +224,7 @@ def test_folder_csv_labels_separated_by_spaces_without_split_column(folder: Path
 
 
 def test_folder_json_with_declared_classes(folder: Path):
+    (folder / "classes.txt").unlink()  # the JSON's list is the one
     (folder / "labels.json").write_text(json.dumps({
         "classes": ["dog", "cat", "bird"],
         "images": {"cat1": ["cat"], "both": {"labels": ["cat", "dog"], "split": "val"}},
@@ -238,9 +240,30 @@ def test_folder_plain_json_mapping_and_images_in_root(tmp_path: Path):
     write_image(root / "a.jpg")
     write_image(root / "b.png")
     (root / "labels.json").write_text(json.dumps({"a": ["zebra"], "b": ["ant", "zebra"]}))
-    index = read_folder(root)
-    assert index.class_names == ["background", "ant", "zebra"]
-    assert [(s.id, s.labels) for s in index.split("train")] == [("a", (2,)), ("b", (1, 2))]
+    with pytest.raises(UserError, match="no class list for .*flat: give the class names in order"):
+        read_folder(root)
+    index = read_folder(root, classes=("zebra", "ant"))  # ids follow the given order, not the alphabet
+    assert index.class_names == ["background", "zebra", "ant"]
+    assert [(s.id, s.labels) for s in index.split("train")] == [("a", (1,)), ("b", (1, 2))]
+
+
+def test_folder_class_list_comes_from_one_place(folder: Path):
+    (folder / "labels.csv").write_text("id,labels\ncat1,cat\n")
+    with pytest.raises(UserError, match="the class list is given twice"):
+        read_folder(folder, classes=("cat", "dog"))
+    (folder / "classes.txt").write_text("cat\ncat\n")
+    with pytest.raises(UserError, match="lists 'cat' more than once"):
+        read_folder(folder)
+
+
+def test_folder_csv_class_names_with_spaces_and_a_typo(folder: Path):
+    (folder / "classes.txt").write_text("cat\npotted plant\nboat\n")
+    (folder / "labels.csv").write_text("id,labels\ncat1,potted plant cat\ndog1,potted plant\nboth,boat;cat\n")
+    index = read_folder(folder)
+    assert [(s.id, s.labels) for s in index.split("train")] == [("cat1", (1, 2)), ("dog1", (2,)), ("both", (1, 3))]
+    (folder / "labels.csv").write_text("id,labels\ncat1,baot\n")
+    with pytest.raises(UserError, match="unknown class 'baot' for image 'cat1' \\(did you mean 'boat'\\?"):
+        read_folder(folder)
 
 
 def test_folder_explicit_labels_file(folder: Path, tmp_path: Path):
@@ -250,6 +273,7 @@ def test_folder_explicit_labels_file(folder: Path, tmp_path: Path):
 
 
 def test_folder_unknown_class(folder: Path):
+    (folder / "classes.txt").unlink()
     (folder / "labels.json").write_text(json.dumps({"classes": ["cat"], "images": {"dog1": ["dog"]}}))
     with pytest.raises(UserError, match="unknown class 'dog' for image 'dog1'"):
         read_folder(folder)

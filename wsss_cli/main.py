@@ -180,14 +180,18 @@ def data_folder(
     root: Annotated[Path, typer.Argument(help="Folder with images/ (or images directly) and labels.csv|json.")],
     run: RunOption = DEFAULT_RUN,
     labels: Annotated[Optional[Path], typer.Option(help="Labels file (default ROOT/labels.csv or .json).")] = None,
+    classes: Annotated[str, typer.Option(help="The class names in order, comma-separated (names may hold spaces); "
+                                              "else ROOT/classes.txt, one per line, or 'classes' in labels.json. "
+                                              "Class ids follow this order.")] = "",
     workers: WorkersOption = FOLDER.workers,
     verify: VerifyOption = FOLDER.verify,
     skip_bad: SkipBadOption = FOLDER.skip_bad,
     force: ForceOption = False,
 ):
-    """Index your own images: a CSV (id,labels[,split]) or JSON labels file; optional masks/ for evaluation."""
-    config = FolderDataConfig(root=str(root), labels=str(labels) if labels else "", verify=verify,
-                              skip_bad=skip_bad, workers=workers)
+    """Index your own images: a CSV (id,labels[,split]) or JSON labels file, the class list; optional masks/ for
+    evaluation."""
+    config = FolderDataConfig(root=str(root), labels=str(labels) if labels else "", classes=names(classes),
+                              verify=verify, skip_bad=skip_bad, workers=workers)
     from stages.prepare_data import data_folder as stage
 
     stage(_run(run), config, force=force)

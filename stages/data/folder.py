@@ -3,13 +3,18 @@
 Layout:
   root/images/*.jpg|jpeg|png|bmp|webp   (or the images directly in root)
   root/labels.csv or root/labels.json   (see `read_labels_csv` / `read_labels_json`)
+  root/classes.txt                      (the class names in order, one per line; or `classes` in labels.json,
+                                         or `data folder --classes a,b,c`: exactly one of the three)
   root/masks/{id}.png                   (optional ground truth, used only for evaluation)
-Images the labels file does not mention are left out.
+Images the labels file does not mention are left out. The class list is explicit so that a typo in a label is an
+error (naming the closest class) rather than a new class, names may hold spaces (`potted plant`), and class ids
+follow the given order (1 for the first name).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import re
 from pathlib import Path
@@ -20,7 +25,6 @@ from .index import BACKGROUND, DatasetIndex, Sample, check_sample_id
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_SPLIT = "train"
-LABEL_SEPARATOR = re.compile(r"[;|\s]+")
 # Split names become file names in the run folder.
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -30,9 +34,10 @@ class LabelEntry(NamedTuple):
     split: str
 
 
-def read_folder(root: Path, labels_file: Path | None = None,
+def read_folder(root: Path, labels_file: Path | None = None, classes: tuple[str, ...] = (),
                 progress: Callable[[int], None] | None = None) -> DatasetIndex:
-    """Index `root`; `progress(1)` is called once per labelled image."""
+    """Index `root` with the class list `classes` (or the one the folder gives); `progress(1)` is called once per
+    labelled image."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
@@ -40,17 +45,12 @@ def read_folder(root: Path, labels_file: Path | None = None,
     image_dir = root / "images" if (root / "images").is_dir() else root
     images = find_images(image_dir)
     labels_path = find_labels_file(root, labels_file)
-    if labels_path.suffix.lower() == ".json":
-        entries, declared_classes = read_labels_json(labels_path)
-    else:
-        entries, declared_classes = read_labels_csv(labels_path), None
+    entries, json_classes = read_labels_json(labels_path) if labels_path.suffix.lower() == ".json" else (None, None)
+    foreground = [name for name in class_list(root, classes, json_classes, labels_path) if name != BACKGROUND]
+    if entries is None:  # a CSV's label cells are split with the class list (names may hold spaces)
+        entries = read_labels_csv(labels_path, foreground)
     if not entries:
         raise UserError(f"labels file {labels_path} lists no images")
-
-    if declared_classes is None:
-        foreground = sorted({name for entry in entries.values() for name in entry.names} - {BACKGROUND})
-    else:
-        foreground = [name for name in declared_classes if name != BACKGROUND]
     class_names = [BACKGROUND, *foreground]
     class_index = {name: index for index, name in enumerate(class_names)}
 
@@ -64,8 +64,7 @@ def read_folder(root: Path, labels_file: Path | None = None,
                             "list only the foreground classes")
         for name in entry.names:
             if name not in class_index:
-                raise UserError(f"unknown class {name!r} for image {sample_id!r} "
-                                f"(classes: {', '.join(foreground)})")
+                raise unknown_class(name, sample_id, foreground)
         if sample_id not in images:
             raise UserError(f"labels file {labels_path} lists image {sample_id!r} but {image_dir} has no "
                             f"{sample_id} with extension {'/'.join(IMAGE_EXTENSIONS)}")
@@ -80,6 +79,52 @@ def read_folder(root: Path, labels_file: Path | None = None,
             progress(1)
 
     return DatasetIndex(name=root.name, format="folder", root=str(root), class_names=class_names, splits=splits)
+
+
+CLASSES_FILE = "classes.txt"
+
+
+def class_list(root: Path, given: tuple[str, ...], json_classes: list[str] | None, labels_path: Path) -> list[str]:
+    """The class names in order, from exactly one of `--classes`, labels.json's `classes` and ROOT/classes.txt."""
+    classes_file = root / CLASSES_FILE
+    sources = {}
+    if given:
+        sources["--classes"] = check_class_list(list(given), Path("--classes"))
+    if json_classes is not None:
+        sources[f"'classes' in {labels_path}"] = json_classes
+    if classes_file.is_file():
+        lines = [line.strip() for line in classes_file.read_text(encoding="utf-8-sig").splitlines()]
+        sources[str(classes_file)] = check_class_list([line for line in lines if line], classes_file)
+    if not sources:
+        raise UserError(f"no class list for {root}: give the class names in order in {classes_file} (one per "
+                        f"line), as 'classes' in labels.json, or with --classes a,b,c (ids follow that order)")
+    if len(sources) > 1:
+        raise UserError(f"the class list is given twice ({' and '.join(sources)}): keep one")
+    return next(iter(sources.values()))
+
+
+def unknown_class(name: str, sample_id: str, classes: list[str]) -> UserError:
+    close = difflib.get_close_matches(name, classes, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return UserError(f"unknown class {name!r} for image {sample_id!r} ({hint}classes: {', '.join(classes)})")
+
+
+def split_label_names(text: str, classes: list[str]) -> list[str]:
+    """A labels cell as class names: split at ';' or '|' when it has them; otherwise its words are matched
+    against the class list, longest name first, so that `potted plant cat` is two classes. A word that starts
+    no class name stays a name of its own (reported as unknown)."""
+    if any(separator in text for separator in ";|"):
+        return [name.strip() for name in re.split(r"[;|]", text) if name.strip()]
+    words, names = text.split(), []
+    longest = max((len(name.split()) for name in classes), default=1)
+    while words:
+        for size in range(min(longest, len(words)), 0, -1):
+            candidate = " ".join(words[:size])
+            if candidate in classes or size == 1:
+                names.append(candidate)
+                words = words[size:]
+                break
+    return names
 
 
 def find_images(image_dir: Path) -> dict[str, Path]:
@@ -109,8 +154,9 @@ def find_labels_file(root: Path, labels_file: Path | None) -> Path:
     raise UserError(f"no labels file in {root}: expected labels.csv or labels.json (or pass one explicitly)")
 
 
-def read_labels_csv(path: Path) -> dict[str, LabelEntry]:
-    """A CSV with a header holding `id` and `labels` (names separated by ';', '|' or spaces), optionally `split`."""
+def read_labels_csv(path: Path, classes: list[str]) -> dict[str, LabelEntry]:
+    """A CSV with a header holding `id` and `labels` (names separated by ';', '|' or spaces; see
+    `split_label_names`), optionally `split`."""
     entries: dict[str, LabelEntry] = {}
     # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark.
     with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -124,7 +170,7 @@ def read_labels_csv(path: Path) -> dict[str, LabelEntry]:
                 sample_id = check_sample_id((row["id"] or "").strip())
                 if sample_id in entries:
                     raise UserError(f"duplicate image id {sample_id!r} in {path} (line {reader.line_num})")
-                names = [name for name in LABEL_SEPARATOR.split(row["labels"] or "") if name]
+                names = split_label_names(row["labels"] or "", classes)
                 split = (row.get("split") or "").strip() or DEFAULT_SPLIT
                 entries[sample_id] = LabelEntry(names, split)
         except (UnicodeDecodeError, csv.Error) as error:

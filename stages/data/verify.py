@@ -76,6 +76,11 @@ def check_mask(sample: Sample, image_size: tuple[int, int], class_count: int) ->
     if invalid.size:
         raise UserError(f"mask {sample.mask} holds value {int(invalid[0])}: the dataset's classes are "
                         f"0..{class_count - 1}, and {IGNORE_INDEX} means ignore")
+    # Pixels of a class the image is not labelled with: the labels and the mask disagree on what the image shows.
+    unlabelled = [int(v) for v in present if v not in (0, IGNORE_INDEX) and int(v) not in sample.labels]
+    if unlabelled:
+        raise UserError(f"mask {sample.mask} has pixels of class {unlabelled[0]}, but image {sample.id!r} is labelled "
+                        f"with classes {', '.join(map(str, sample.labels))} only")
 
 
 def bad_sample_error(problem: Problem) -> UserError:

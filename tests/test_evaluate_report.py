@@ -231,5 +231,5 @@ def test_report_without_artifacts_is_deterministic(run):
 
 
 def test_report_refuses_a_negative_number_of_samples():
-    with pytest.raises(UserError, match="0 or more"):
+    with pytest.raises(UserError, match=r"--samples must be in \[0, 100000\], got -1"):
         ReportConfig(num_samples=-1)

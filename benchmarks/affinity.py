@@ -1,10 +1,10 @@
 """Does the random walk beat the CRF? The affinity methods' pseudo masks on a regime's runs, side by side.
 
-Protocol, fixed before any result. For each seed, in a copy of the regime's run folder from
+Protocol, fixed before any result. For each seed and method, in a copy of the regime's run folder from
 `benchmarks/regimes.py` (runs/regimes/REGIME-seedN: CAMs of train and the CRF pseudo masks, IRN's thresholds):
   - `train-affinity --method irn`, then `pseudo-label --refine rw` with IRN's background 0.25 for both thresholds
     (set `rw-irn`, IRN's own semantic labels) and `--refine rw,crf` with the default 0.30 / 0.05 (`rw-irn+crf`);
-  - `train-affinity --method psa --force`, then `pseudo-label --refine rw` (`rw-psa`, every pixel labelled);
+  - `train-affinity --method psa`, then `pseudo-label --refine rw` (`rw-psa`, every pixel labelled);
   - each set and the run's `crf` set evaluated on train: mIoU, coverage (labelled share), confident-pixel mIoU;
   - stage seconds from the manifest, and the walk's seconds per image and peak memory on VOC-sized copies
     (500x375) of 8 train images in a child process (`--voc-sized`);
@@ -56,30 +56,38 @@ def measure(regime: str, seed: int, segment_set: str) -> dict:
     if not (source / "pseudo" / "crf").is_dir():
         raise SystemExit(f"{source} has no CRF pseudo masks: run `python benchmarks/regimes.py --regimes {regime} "
                          f"--seeds {seed}` first")
-    run = ROOT / "runs" / "affinity" / f"{regime}-seed{seed}"
-    if run.exists():
-        shutil.rmtree(run)
-    shutil.copytree(source, run, ignore=shutil.ignore_patterns("pred_*", "report.html"))
-    record = {"regime": regime, "seed": seed, "sets": {"crf": pick(evaluation(run, "pseudo-crf", "train"))}}
-    seconds = {}
-    for name, (method, options) in MASK_SETS.items():
-        manifest_key = f"train-affinity-{method}"
-        if manifest_key not in seconds:
-            sh(WSSS, "train-affinity", "--run", str(run), "--method", method, "--force", "--seed", str(seed))
-            seconds[manifest_key] = stage_seconds(run, "train-affinity")
-            record[f"voc_sized_{method}"] = voc_sized(run)
-        sh(WSSS, "pseudo-label", "--run", str(run), *options, "--name", name)
-        sh(WSSS, "evaluate", f"pseudo/{name}", "--run", str(run), "--split", "train")
-        seconds[f"pseudo-label-{name}"] = stage_seconds(run, f"pseudo-label/{name}")
-        record["sets"][name] = pick(evaluation(run, f"pseudo-{name}", "train"))
-    record["seconds"] = seconds
+    record = {"regime": regime, "seed": seed, "sets": {"crf": pick(evaluation(source, "pseudo-crf", "train"))},
+              "seconds": {}}
+    for method in dict.fromkeys(method for method, _ in MASK_SETS.values()):
+        run = method_run(source, regime, seed, method)  # one copy per method: each holds its own affinity network
+        sh(WSSS, "train-affinity", "--run", str(run), "--method", method, "--seed", str(seed))
+        record["seconds"][f"train-affinity-{method}"] = stage_seconds(run, "train-affinity")
+        record[f"voc_sized_{method}"] = voc_sized(run)
+        for name, (set_method, options) in MASK_SETS.items():
+            if set_method != method:
+                continue
+            sh(WSSS, "pseudo-label", "--run", str(run), *options, "--name", name)
+            sh(WSSS, "evaluate", f"pseudo/{name}", "--run", str(run), "--split", "train")
+            record["seconds"][f"pseudo-label-{name}"] = stage_seconds(run, f"pseudo-label/{name}")
+            record["sets"][name] = pick(evaluation(run, f"pseudo-{name}", "train"))
     if segment_set:
+        run = method_run(source, regime, seed, MASK_SETS[segment_set][0], fresh=False)
         _, _, segment_options = REGIMES[regime]
         sh(WSSS, "segment", "--run", str(run), "--pseudo", segment_set, "--seed", str(seed), *segment_options.split())
         sh(WSSS, "evaluate", f"segment/pseudo-{segment_set}", "--run", str(run), "--split", "val")
         record["segment"] = {segment_set: evaluation(run, f"segment-pseudo-{segment_set}", "val")["miou"],
-                             "crf": evaluation(run, "segment-pseudo-crf", "val")["miou"]}
+                             "crf": evaluation(source, "segment-pseudo-crf", "val")["miou"]}
     return record
+
+
+def method_run(source: Path, regime: str, seed: int, method: str, fresh: bool = True) -> Path:
+    """runs/affinity/REGIME-seedN-METHOD: a copy of the regime's run (without its predictions), made afresh."""
+    run = ROOT / "runs" / "affinity" / f"{regime}-seed{seed}-{method}"
+    if fresh:
+        if run.exists():
+            shutil.rmtree(run)
+        shutil.copytree(source, run, ignore=shutil.ignore_patterns("pred_*", "report.html"))
+    return run
 
 
 def pick(result: dict) -> dict:

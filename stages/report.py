@@ -21,7 +21,7 @@ from .core.camstore import CamReader
 from .core.io import atomic_path, load_image, load_mask, read_json, voc_palette
 from .core.runs import Run, Stage
 from .data.index import DatasetIndex, Sample
-from .results import percent
+from .results import percent, stale_results
 
 OVERLAY_ALPHA = 0.6
 THUMBNAIL_SIZE = 256  # longest side of each picture on the page, to keep the file small
@@ -60,7 +60,7 @@ def report(run: Run, config: ReportConfig, *, force: bool = False) -> dict:
         finally:
             if cams is not None:
                 cams.close()
-        page = _page(run, index, config, results, run.manifest(), rows)
+        page = _page(run, index, config, results, run.manifest(), rows, stale_results(run))
         with atomic_path(output) as tmp:
             tmp.write_text(page, encoding="utf-8")
         return {"num_samples": len(samples), "num_results": len(results)}
@@ -145,7 +145,7 @@ def _sample_row(sample: Sample, cams: CamReader | None, mask_dir: Path | None,
 # ---- HTML ----
 
 def _page(run: Run, index: DatasetIndex, config: ReportConfig, results: list[dict], manifest: dict,
-          rows: list[tuple[str, list[str | None]]]) -> str:
+          rows: list[tuple[str, list[str | None]]], stale: dict[str, str]) -> str:
     title = f"wsss report: {run.root.name}"
     parts = [
         "<!DOCTYPE html>",
@@ -155,7 +155,7 @@ def _page(run: Run, index: DatasetIndex, config: ReportConfig, results: list[dic
         f"<p>dataset {html.escape(index.name)} ({html.escape(index.format)}), "
         f"{len(index.class_names) - 1} foreground classes</p>",
         "<h2>Evaluation</h2>",
-        _results_html(results),
+        _results_html(results, stale),
         _per_class_html(results),
         "<h2>Stages</h2>",
         _stages_html(manifest),
@@ -174,7 +174,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _results_html(results: list[dict]) -> str:
+def _results_html(results: list[dict], stale: dict[str, str]) -> str:
+    """The evaluations; those whose inputs changed since they ran are marked stale, with why."""
     if not results:
         return "<p>No evaluation results yet (run <code>wsss evaluate</code>).</p>"
     rows = []
@@ -191,9 +192,10 @@ def _results_html(results: list[dict]) -> str:
             percent(result.get("coverage")),
             percent(result.get("miou_confident")),
             _curve_svg(result["curve"]) if "curve" in result else MISSING,
+            html.escape(f"stale: {stale[result['name']]}") if result["name"] in stale else "",
         ])
     headers = ["name", "kind", "split", "images", "mIoU %", "pixel acc %", "best thr", "coverage %",
-               "mIoU confident %", "mIoU vs threshold"]
+               "mIoU confident %", "mIoU vs threshold", "up to date"]
     return _table(headers, rows)
 
 

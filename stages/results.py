@@ -17,18 +17,28 @@ def load_results(run: Run) -> list[dict]:
     return [read_json(path, "evaluation result") for path in sorted(run.eval_dir.glob("*.json"))]
 
 
-def results_table(results: list[dict]) -> Table:
-    """One row per evaluation result."""
-    table = Table(title="Evaluation")
+def results_table(results: list[dict], stale: dict[str, str] | None = None) -> Table:
+    """One row per evaluation result; `stale` (result name → why) marks those made from out-of-date inputs."""
+    stale = stale or {}
+    table = Table(title="Evaluation", caption="stale: made from inputs that have changed since (re-run the stage "
+                                              "named)" if stale else None)
     for column in ("name", "kind", "split", "images"):
         table.add_column(column)
     table.add_column("mIoU %", justify="right")
     table.add_column("best thr", justify="right")
+    if stale:
+        table.add_column("stale")
     for result in results:
         threshold = result.get("best_threshold")
-        table.add_row(result["name"], result["kind"], result["split"], str(result["num_images"]),
-                      percent(result["miou"]), "–" if threshold is None else f"{threshold:.2f}")
+        row = [result["name"], result["kind"], result["split"], str(result["num_images"]), percent(result["miou"]),
+               "–" if threshold is None else f"{threshold:.2f}"]
+        table.add_row(*row, *([stale.get(result["name"], "")] if stale else []))
     return table
+
+
+def stale_results(run: Run) -> dict[str, str]:
+    """Evaluation results (by name) whose `evaluate` stage is stale, with why."""
+    return {key.split("/", 1)[1]: why for key, why in run.staleness().items() if key.startswith("evaluate/")}
 
 
 def per_class_table(result: dict) -> Table:
@@ -107,7 +117,7 @@ def summary_tables(run: Run) -> list[Table]:
     tables.append(key_numbers)
     results = load_results(run)
     if results:
-        tables.append(results_table(results))
+        tables.append(results_table(results, stale_results(run)))
     timings = Table(title="stage timings")
     timings.add_column("stage")
     timings.add_column("seconds", justify="right")

@@ -135,3 +135,46 @@ def test_a_new_segmenter_leaves_no_predictions_of_the_old_one(tiny_run):
     assert not (tiny_run / "segment" / "gt" / "pred_train").exists()
     assert_one_line_error(invoke("evaluate", "segment/gt", "--run", tiny_run, "--split", "train"),
                           "wsss segment --predict train")
+
+
+# ----------------------------------------------------------------------------------------------- staleness
+INFER = ("infer-cam", "--split", "train", "--scales", "1.0", "--workers", 0, "--device", "cpu")
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """A tiny run through train-cam, infer-cam, evaluate and pseudo-label."""
+    run = tmp_path / "chain"
+    for command in (("data", "synth", "--num-train", 8, "--num-val", 4, "--image-size", 32, "--workers", 1),
+                    ("train-cam", *TINY), INFER, ("evaluate", "cams", "--split", "train"),
+                    ("pseudo-label", "--refine", "none")):
+        words = 2 if command[0] == "data" else 1
+        result = invoke(*command[:words], "--run", run, *command[words:])
+        assert result.exit_code == 0, result.output
+    return run
+
+
+def test_a_stage_refuses_inputs_from_a_stage_whose_own_inputs_changed(chain):
+    # A new classifier: the CAMs (and everything made from them) are now out of date.
+    assert invoke("train-cam", "--run", chain, *TINY, "--lr", 0.05).exit_code == 0
+    assert_one_line_error(invoke("pseudo-label", "--run", chain, "--refine", "none"),
+                          "cams/train.h5 is out of date: it was made by infer-cam/train, and cam/checkpoint.pt "
+                          "changed since it ran; run infer-cam/train again first (or pass --force")
+    stale = invoke("summary", "--run", chain)
+    assert stale.exit_code == 0 and "stale" in stale.output and "infer-cam/train" in stale.output
+    forced = invoke("pseudo-label", "--run", chain, "--refine", "none", "--force")
+    assert forced.exit_code == 0, forced.output  # --force uses the input as it is
+    assert invoke(INFER[0], "--run", chain, *INFER[1:]).exit_code == 0
+    assert invoke("pseudo-label", "--run", chain, "--refine", "none").exit_code == 0  # fresh again
+
+
+def test_an_unfinished_later_run_makes_its_earlier_outputs_out_of_date(chain):
+    manifest_path = chain / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert "train-cam" not in manifest.get("unfinished", {})  # a finished stage leaves no mark
+    # What a train-cam killed after its start leaves: its mark, and the checkpoint of the run before.
+    manifest.setdefault("unfinished", {})["train-cam"] = {"started": "2026-01-01T00:00:00+00:00", "config": {}}
+    manifest_path.write_text(json.dumps(manifest))
+    assert_one_line_error(invoke(INFER[0], "--run", chain, *INFER[1:]),
+                          "cam/checkpoint.pt is out of date: it was made by train-cam, and its later run (started "
+                          "2026-01-01T00:00:00+00:00) did not finish")

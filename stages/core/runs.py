@@ -4,6 +4,11 @@
 input and output paths with their fingerprints, start time, duration and metrics, so a reader can tell what
 produced each file, and a stage can tell whether it is up to date: same config, inputs unchanged since it ran,
 outputs as it left them. Then it is skipped (`--force` runs it anyway); otherwise it runs again.
+
+Staleness runs down the chain, as make's does: a stage is stale when one of its inputs changed since it ran, or
+came from a stage that is stale, or came from a stage whose later run started and did not finish (`unfinished`
+holds each stage from its start to its end). A stage refuses an input whose producer is stale, naming it
+(`--force` uses the input as it is), and `summary` marks the results of stale stages.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from .. import __version__
 from ..data.index import DatasetIndex
 from .console import console
 from .distributed import processes
+from .errors import UserError
 from .io import json_ready, read_json, write_json
 from .layout import Layout
 from .resumable import resumable_directory
@@ -90,15 +96,23 @@ class Run(Layout):
         processes()  # under torchrun: join the process group first, so that only the main process speaks
         config = config_record(stage.config)
         input_prints = {self._relative(p): fingerprint(p) for p in stage.inputs}  # as the stage starts
+        if not force:
+            self._check_fresh_inputs(stage)
         done = None if force else self._recorded_metrics(stage.key, config, input_prints)
         if done is not None:
             return done
         self.root.mkdir(parents=True, exist_ok=True)
         started = datetime.now(timezone.utc)
         clock = time.perf_counter()
+        if processes().is_main:  # until it ends, what this stage made before is not what it is making now
+            manifest = self.manifest()
+            manifest.setdefault("unfinished", {})[stage.key] = {"started": started.isoformat(timespec="seconds"),
+                                                                "config": config}
+            write_json(self.manifest_path, manifest)
         metrics = stage.work()
         if processes().is_main:
             manifest = self.manifest()
+            manifest.get("unfinished", {}).pop(stage.key, None)
             manifest["stages"][stage.key] = {
                 "config": config,
                 "inputs": [self._relative(p) for p in stage.inputs],
@@ -112,6 +126,58 @@ class Run(Layout):
             }
             write_json(self.manifest_path, manifest)
         return metrics
+
+    def staleness(self) -> dict[str, str]:
+        """The stale stages of the manifest, each with why (see the module docstring)."""
+        reason = self._stale_reasons()
+        return {key: why for key in self.manifest()["stages"] if (why := reason(key))}
+
+    def _stale_reasons(self) -> Callable[[str], str]:
+        """A function from a stage key to why that stage is stale ("" when it is not), which fingerprints only
+        the files on the chain it follows, each once."""
+        manifest = self.manifest()
+        entries, unfinished = manifest["stages"], manifest.get("unfinished", {})
+        producer = {path: key for key, entry in entries.items() for path in entry.get("outputs", [])}
+        prints: dict[str, str | None] = {}
+        known: dict[str, str] = {}
+
+        def reason(key: str) -> str:
+            if key not in known:
+                known[key] = ""  # a cycle (none should exist) ends here
+                known[key] = self._why_stale(key, entries, unfinished, producer, prints, reason)
+            return known[key]
+
+        return reason
+
+    def _why_stale(self, key, entries, unfinished, producer, prints, reason) -> str:
+        for path, value in entries[key].get("fingerprints", {}).get("inputs", {}).items():
+            if path not in prints:
+                prints[path] = fingerprint(self.root / path)
+            source = producer.get(path)
+            if prints[path] != value:
+                return f"{path} changed since it ran"
+            if source in unfinished and source != key:
+                return (f"{path} is from {source}'s run of {entries[source]['started']}, and its later run (started "
+                        f"{unfinished[source]['started']}) did not finish")
+            if source is not None and source != key and reason(source):
+                return f"{path} comes from {source}, which is stale"
+        return ""
+
+    def _check_fresh_inputs(self, stage: Stage) -> None:
+        """A one-line error if an input of `stage` comes from a stale stage (`--force` skips the check)."""
+        manifest = self.manifest()
+        producer = {path: key for key, entry in manifest["stages"].items() for path in entry.get("outputs", [])}
+        unfinished = manifest.get("unfinished", {})
+        reason = self._stale_reasons()
+        for path in (self._relative(p) for p in stage.inputs):
+            source = producer.get(path)
+            if source is None or source == stage.key:
+                continue
+            why = (f"its later run (started {unfinished[source]['started']}) did not finish"
+                   if source in unfinished else reason(source))
+            if why:
+                raise UserError(f"{path} is out of date: it was made by {source}, and {why}; run {source} again "
+                                f"first (or pass --force to use it as it is)")
 
     def resumable_folder(self, stage: Stage, folder: Path, **identity: Any) -> set[str]:
         """Prepare `folder` to receive `stage`'s per-image files: the names of those an interrupted run of the same

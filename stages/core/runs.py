@@ -65,6 +65,11 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in json_ready(config).items() if key not in EXECUTION_ONLY}
 
 
+def producers(entries: dict[str, Any]) -> dict[str, str]:
+    """Each recorded output path (relative to the run) → the key of the stage that wrote it."""
+    return {path: key for key, entry in entries.items() for path in entry.get("outputs", [])}
+
+
 @dataclass
 class Stage:
     """What a stage hands to `Run.execute`: its manifest key (e.g. `train-cam`, `pseudo-label/crf`), its config,
@@ -129,15 +134,15 @@ class Run(Layout):
 
     def staleness(self) -> dict[str, str]:
         """The stale stages of the manifest, each with why (see the module docstring)."""
-        reason = self._stale_reasons()
-        return {key: why for key in self.manifest()["stages"] if (why := reason(key))}
+        manifest = self.manifest()
+        reason = self._stale_reasons(manifest)
+        return {key: why for key in manifest["stages"] if (why := reason(key))}
 
-    def _stale_reasons(self) -> Callable[[str], str]:
+    def _stale_reasons(self, manifest: dict[str, Any]) -> Callable[[str], str]:
         """A function from a stage key to why that stage is stale ("" when it is not), which fingerprints only
         the files on the chain it follows, each once."""
-        manifest = self.manifest()
         entries, unfinished = manifest["stages"], manifest.get("unfinished", {})
-        producer = {path: key for key, entry in entries.items() for path in entry.get("outputs", [])}
+        producer = producers(entries)
         prints: dict[str, str | None] = {}
         known: dict[str, str] = {}
 
@@ -166,9 +171,8 @@ class Run(Layout):
     def _check_fresh_inputs(self, stage: Stage) -> None:
         """A one-line error if an input of `stage` comes from a stale stage (`--force` skips the check)."""
         manifest = self.manifest()
-        producer = {path: key for key, entry in manifest["stages"].items() for path in entry.get("outputs", [])}
-        unfinished = manifest.get("unfinished", {})
-        reason = self._stale_reasons()
+        producer, unfinished = producers(manifest["stages"]), manifest.get("unfinished", {})
+        reason = self._stale_reasons(manifest)
         for path in (self._relative(p) for p in stage.inputs):
             source = producer.get(path)
             if source is None or source == stage.key:

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import CamModelConfig, InferCamConfig
 from .core.camstore import CamReader, CamWriter
@@ -31,7 +30,7 @@ from .core.errors import UserError
 from .core.runs import Run, Stage
 from .data.loading import same_size_batches
 from .methods import cam_model_from_checkpoint
-from .models.multiscale import multi_scale_sum
+from .models.multiscale import fused_cams, normalise_per_class
 
 
 def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
@@ -92,16 +91,3 @@ def merge_parts(parts: list[Path], output: Path, attributes: dict) -> None:
         for path in parts:
             with CamReader(path) as reader:
                 writer.copy_from(reader)
-
-
-def fused_cams(cam_function, images: torch.Tensor, scales, flip: bool, device: torch.device,
-               amp: bool = True, output_stride: int = 1) -> np.ndarray:
-    """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised;
-    `output_stride`: the network's (see `multi_scale_sum`)."""
-    return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride).cpu().numpy()
-
-
-def normalise_per_class(cams: np.ndarray) -> np.ndarray:
-    """ReLU then divide each class map by its maximum (IRN: + 1e-5 so an all-zero map stays zero)."""
-    cams = np.maximum(cams, 0)
-    return cams / (cams.max(axis=(1, 2), keepdims=True) + 1e-5)

@@ -18,16 +18,14 @@ from PIL import Image
 
 from .config import ReportConfig
 from .core.camstore import CamReader
-from .core.io import atomic_path, load_image, load_mask, read_json, voc_palette
+from .core.io import atomic_path, load_image, load_mask, read_json
+from .core.overlays import PALETTE, heat_overlay, mask_overlay
 from .core.runs import Run, Stage
 from .data.index import DatasetIndex, Sample
 from .results import percent, stale_results
 
-OVERLAY_ALPHA = 0.6
 THUMBNAIL_SIZE = 256  # longest side of each picture on the page, to keep the file small
 MISSING = "–"
-
-_PALETTE = np.array(voc_palette(), dtype=np.float32).reshape(256, 3)
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -78,25 +76,6 @@ def _choose_samples(index: DatasetIndex, config: ReportConfig) -> list[Sample]:
 
 
 # ---- pictures ----
-
-def jet(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to RGB floats in [0, 1], blue (low) through green to red (high)."""
-    values = np.clip(values, 0.0, 1.0)[..., None]
-    centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak
-    return np.clip(1.5 - np.abs(4.0 * (values - centres)), 0.0, 1.0)
-
-
-def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """VOC colours blended onto the image; background pixels (0) show the image as it is."""
-    colours = _PALETTE[mask]
-    blended = (1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * colours
-    return np.where((mask != 0)[..., None], blended, image).astype(np.uint8)
-
-
-def heat_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """A heat map of values in [0, 1] blended onto the image."""
-    return ((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * 255 * jet(heat)).astype(np.uint8)
-
 
 def png_data_uri(rgb: np.ndarray) -> str:
     picture = Image.fromarray(rgb)
@@ -250,7 +229,7 @@ def _stages_html(manifest: dict) -> str:
 def _legend_html(class_names: list[str]) -> str:
     items = []
     for index, name in enumerate(class_names[1:], start=1):
-        red, green, blue = (int(value) for value in _PALETTE[index])
+        red, green, blue = (int(value) for value in PALETTE[index])
         items.append(f'<span class="swatch" style="background: rgb({red},{green},{blue})"></span>'
                      f"{html.escape(name)}")
     return "<p>" + "".join(items) + "</p>"

@@ -12,16 +12,12 @@ predicts its share of the images.
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
 import shutil
-from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import SegmentConfig
 from .core.checkpoint import save_checkpoint
@@ -38,13 +34,7 @@ from .data.loading import (Augment, SplitDataset, check_mask_sizes, multi_hot, r
 from .data.saliency_maps import DirectorySaliency, saliency_directory
 from .methods import build_segment_method
 from .models.deeplab import DeepLab
-from .models.multiscale import multi_scale_sum
-from .refine.crf import CrfParams, crf_from_probabilities
-
-# DeepLab's CRF post-processing settings (REFERENCES.md: gaussian 1/3, bilateral 67/3/4, 10 iterations).
-POSTPROCESS_CRF = CrfParams(gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67, bilateral_srgb=3,
-                            bilateral_compat=4, iterations=10)
-
+from .models.inference import PredictionSettings, predict_masks
 
 def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: bool = False) -> dict:
     """Train and predict; skipped when up to date (see `Run.execute`) unless `force`."""
@@ -168,46 +158,12 @@ def write_seed_masks(method, samples, out_dir: Path, saliency_dir: Path, config:
     return fraction
 
 
-@torch.inference_mode()
 def predict(model: DeepLab, samples, out_dir: Path, finished: set[str], config: SegmentConfig,
             device: torch.device, procs: Processes) -> None:
-    """Write one palette PNG per image: argmax of softmax averaged over test scales (and flips), then CRF.
-    Masks in `finished` (written by an interrupted run of the same stage and checkpoint) are kept; each process
-    predicts its share."""
+    """One palette PNG per image (`models.inference.predict_masks`). Masks in `finished` (written by an interrupted
+    run of the same stage and checkpoint) are kept; each process predicts its share."""
     todo = [s for s in procs.shard(samples) if f"{s.id}.png" not in finished]
-    # The CRF runs in worker processes while the network predicts the next images; at most `max_pending` images'
-    # probabilities wait in memory (a VOC image's are 16 MB, so holding a whole split's is not an option).
-    crf_pool = multiprocessing.get_context("fork").Pool(max(config.workers, 1)) if config.crf else None
-    max_pending = 4 * max(config.workers, 1) + config.batch_size
-    pending: deque = deque()
-    with progress_bar() as bar, crf_pool or contextlib.nullcontext():
-        task = bar.add_task(f"predict {out_dir.name}" + (" + crf" if config.crf else ""), total=len(todo), status="")
-        for batch_samples, images in same_size_batches(todo, model.normalization, config.batch_size, config.workers):
-            probabilities = _multi_scale_softmax(model, images.to(device), config, device)
-            for sample, probs in zip(batch_samples, probabilities):
-                path = out_dir / f"{sample.id}.png"
-                if crf_pool is None:
-                    save_mask(path, probs.argmax(axis=0).astype(np.uint8))
-                    bar.update(task, advance=1)
-                else:
-                    pending.append(crf_pool.apply_async(_crf_and_save, ((sample.image, probs, path),)))
-            while len(pending) > max_pending or (pending and pending[0].ready()):
-                pending.popleft().get()
-                bar.update(task, advance=1)
-        while pending:
-            pending.popleft().get()
-            bar.update(task, advance=1)
+    settings = PredictionSettings(config.test_scales, config.test_flip, config.crf, config.amp, config.batch_size,
+                                  config.workers)
+    predict_masks(model, todo, out_dir, settings, device, description=f"predict {out_dir.name}")
     finish_directory(out_dir, procs)
-
-
-def _multi_scale_softmax(model, images: torch.Tensor, config: SegmentConfig, device) -> np.ndarray:
-    """Class probabilities averaged over the test scales (and flips)."""
-    total = multi_scale_sum(model, images, config.test_scales, config.test_flip, device, config.amp,
-                            per_view=lambda logits: F.softmax(logits, dim=1))
-    return (total / total.sum(1, keepdim=True)).cpu().numpy()
-
-
-def _crf_and_save(job) -> None:
-    image_path, probabilities, out_path = job
-    labels = crf_from_probabilities(load_image(image_path), probabilities, POSTPROCESS_CRF)
-    save_mask(out_path, labels.astype(np.uint8))

@@ -14,7 +14,8 @@ from stages.core.io import read_json
 from stages.core.runs import Run
 from stages.data.index import DatasetIndex, Sample
 from stages.evaluate import evaluate, labelled_samples, score_cams
-from stages.report import jet, report
+from stages.core.overlays import jet
+from stages.report import report
 from stages.results import per_class_table, results_table
 from stages.metrics import DEFAULT_THRESHOLDS
 

@@ -8,7 +8,7 @@ import torch
 
 from stages.config import CamModelConfig, SegModelConfig
 from stages.core.errors import UserError
-from stages.infer_cam import fused_cams, normalise_per_class
+from stages.models.multiscale import fused_cams, normalise_per_class
 from stages.methods import build_cam_model
 from stages.models.backbone import create_backbone
 from stages.models.deeplab import DeepLab

@@ -21,7 +21,8 @@ from stages.models.deeplab import DeepLab
 from stages.refine import ImageItem
 from stages.refine.crf import CrfParams, DenseCrf, crf_from_labels, crf_from_probabilities
 from stages.config import SegmentConfig
-from stages.segment import POSTPROCESS_CRF, _multi_scale_softmax, predict
+from stages.models.inference import POSTPROCESS_CRF, PredictionSettings, multi_scale_softmax
+from stages.segment import predict
 
 
 def _images(tmp_path, count: int, size: int = 32) -> list[Sample]:
@@ -72,7 +73,8 @@ def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
     predict(model, samples, out_dir, set(), config, torch.device("cpu"), processes())
     for sample in samples:
         image = load_image(sample.image)
-        probabilities = _multi_scale_softmax(model, Normalization()(image)[None], config, torch.device("cpu"))[0]
+        probabilities = multi_scale_softmax(model, Normalization()(image)[None], PredictionSettings(amp=False),
+                                            torch.device("cpu"))[0]
         expected = crf_from_probabilities(image, probabilities, POSTPROCESS_CRF)
         assert np.array_equal(load_mask(out_dir / f"{sample.id}.png"), expected), sample.id
 

@@ -106,6 +106,13 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
         image.save(tmp, format="PNG")
 
 
+def save_rgb(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 picture (an overlay), atomically; JPEG or PNG after `path`'s suffix."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(
+            tmp, format="JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "PNG", quality=90)
+
+
 def load_mask(path: str | os.PathLike, num_labels: int | None = None) -> np.ndarray:
     """Read a label mask as (H, W) uint8. Palette PNGs give their indices; 'L' PNGs their values. With
     `num_labels` (classes, background included), a value that is neither a class nor 255 is a one-line error."""

@@ -156,28 +156,50 @@ class SplitDataset(Dataset):
 
 
 class _Images(Dataset):
-    def __init__(self, samples: list[Sample], normalization: Normalization):
+    """Normalised images; with `tolerant`, an image that cannot be read gives the one-line reason instead."""
+
+    def __init__(self, samples: list[Sample], normalization: Normalization, tolerant: bool = False):
         self.samples = samples
         self.normalization = normalization
+        self.tolerant = tolerant
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | str:
         check_sample_id(self.samples[index].id)
-        return self.normalization(load_image(self.samples[index].image))
+        try:
+            return self.normalization(load_image(self.samples[index].image))
+        except UserError as error:
+            if not self.tolerant:
+                raise
+            return str(error)
 
 
-def same_size_batches(samples: list[Sample], normalization: Normalization, batch_size: int, workers: int):
+def same_size_batches(samples: list[Sample], normalization: Normalization, batch_size: int, workers: int,
+                      on_bad: Callable[[Sample, str], None] | None = None):
     """Yield (samples, (N, 3, H, W) normalized images) for inference, batching images of one size.
 
     The images are taken in order of size (read from the headers), so a dataset of mixed sizes such as VOC, where
     most images are 500x375 or 375x500, still batches: no padding, so each image's result is what it would be alone.
+    An image that cannot be read is a one-line error, or, given `on_bad`, left out after `on_bad(sample, reason)`.
     """
-    samples = sorted(samples, key=_image_size)  # stable: the index order within a size
-    loader = DataLoader(_Images(samples, normalization), batch_size=None, num_workers=workers)
+    sizes = {}
+    for sample in samples:
+        try:
+            sizes[sample.id] = _image_size(sample)
+        except UserError as error:
+            if on_bad is None:
+                raise
+            on_bad(sample, str(error))
+    samples = sorted((s for s in samples if s.id in sizes), key=lambda s: sizes[s.id])  # stable within a size
+    loader = DataLoader(_Images(samples, normalization, tolerant=on_bad is not None), batch_size=None,
+                        num_workers=workers)
     pending_samples, pending_images = [], []
     for sample, image in zip(samples, loader):
+        if isinstance(image, str):
+            on_bad(sample, image)
+            continue
         if pending_images and (image.shape != pending_images[0].shape or len(pending_images) == batch_size):
             yield pending_samples, torch.stack(pending_images)
             pending_samples, pending_images = [], []
@@ -192,4 +214,4 @@ def _image_size(sample: Sample) -> tuple[int, int]:
         with Image.open(sample.image) as image:
             return image.size
     except (OSError, UnidentifiedImageError) as error:
-        raise UserError(f"cannot read image of {sample.id!r}: {error}") from None
+        raise UserError(f"cannot read image {sample.image}: {error}") from None

@@ -1,9 +1,11 @@
-"""Test-time augmentation shared by CAM inference and segmenter prediction: several scales, and flips."""
+"""Test-time augmentation shared by CAM inference and segmenter prediction: several scales, and flips; and the
+CAM fusion of `infer-cam` and `predict` (IRN's make_cam: the sum over views, then each class divided by its max)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,3 +55,16 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             scale_sum[first_flip:first_flip + len(flipped)] += maps[len(originals):]
         total = scale_sum if total is None else total + scale_sum
     return total
+
+
+def fused_cams(cam_function, images: torch.Tensor, scales, flip: bool, device: torch.device,
+               amp: bool = True, output_stride: int = 1) -> np.ndarray:
+    """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised;
+    `output_stride`: the network's (see `multi_scale_sum`)."""
+    return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride).cpu().numpy()
+
+
+def normalise_per_class(cams: np.ndarray) -> np.ndarray:
+    """ReLU then divide each class map by its maximum (IRN: + 1e-5 so an all-zero map stays zero)."""
+    cams = np.maximum(cams, 0)
+    return cams / (cams.max(axis=(1, 2), keepdims=True) + 1e-5)

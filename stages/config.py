@@ -224,6 +224,27 @@ class SegmentConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
+class PredictConfig(Checked):
+    """`wsss predict`: masks for new, unlabelled images. The test-time settings left unset (empty, None) are the
+    segmenter's own, from its checkpoint, so `predict` repeats what `segment --predict` wrote."""
+
+    inputs: tuple[str, ...] = ()  # image files, folders of images, or .txt files listing image paths
+    checkpoint: str = ""  # the segmenter (`segment`'s checkpoint.pt)
+    cam_checkpoint: str = ""  # a `train-cam` checkpoint: also the predicted classes and their CAMs
+    test_scales: tuple[float, ...] = ()  # () = the segmenter's
+    test_flip: bool | None = None  # None = the segmenter's
+    crf: bool | None = None  # None = the segmenter's
+    overlay: bool = False  # also write the masks' colours on the images
+    class_threshold: float = 0.5  # a class is predicted where the classifier's probability exceeds it
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # make all's infer-cam scales (with flips)
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    skip_bad: bool = False  # leave unreadable images out (counted, listed) instead of stopping
+
+
+@dataclass(frozen=True)
 class EvaluateConfig(Checked):
     target: str = "cams"  # cams, cams-raw, pseudo/SET, segment/TAG, or a folder of masks
     split: str = "train"

@@ -68,6 +68,29 @@ def test_every_command_has_help(command):
         assert docstring(callback_of(command)) in text
 
 
+def click_commands(command, path=()):
+    """Every (path, click command) below `command`, groups included."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from click_commands(sub, path + (name,))
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import typer.main
+
+    missing = [f"{' '.join(path)} {param.opts[0]}" for path, command in click_commands(typer.main.get_command(app))
+               for param in command.params
+               if getattr(param, "param_type_name", "") == "option" and not (param.help or "").strip()]
+    assert not missing
+
+
+def test_short_help_and_version():
+    assert help_of("-h") == help_of()
+    assert help_of("predict", "-h") == help_of("predict")
+    result = invoke("--version")
+    assert result.exit_code == 0 and re.fullmatch(r"wsss \d+\.\d+\.\d+\n", result.output), result.output
+
+
 def test_top_level_help_lists_every_command_and_group():
     text = help_of()
     commands = text[text.index("Commands"):]

@@ -16,8 +16,8 @@ from stages.core.layout import Layout, mask_set_name, segment_tag
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ROOT / "stages"
 # The stage modules: each a function (Run, Config) -> metrics, written through Run.execute.
-STAGE_MODULES = {"prepare_data", "train_cam", "infer_cam", "saliency", "train_affinity", "pseudo_label", "segment", "evaluate",
-                 "report"}
+STAGE_MODULES = {"prepare_data", "train_cam", "infer_cam", "saliency", "train_affinity", "pseudo_label", "segment",
+                 "predict", "evaluate", "report"}
 
 
 def imported_modules(path: Path) -> set[str]:

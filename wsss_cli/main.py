@@ -13,8 +13,8 @@ import typer
 from typer.core import TyperGroup
 
 from stages.config import (AffinityModelConfig, CamModelConfig, EvaluateConfig, FolderDataConfig, InferCamConfig,
-                           PseudoLabelConfig, ReportConfig, SaliencyConfig, SegModelConfig, SegmentConfig,
-                           SynthDataConfig, TrainAffinityConfig, TrainCamConfig, VocDataConfig)
+                           PredictConfig, PseudoLabelConfig, ReportConfig, SaliencyConfig, SegModelConfig,
+                           SegmentConfig, SynthDataConfig, TrainAffinityConfig, TrainCamConfig, VocDataConfig)
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
 from stages.registry import (AFFINITY_METHODS, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SALIENCY_SOURCES,
@@ -56,18 +56,34 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(
     cls=OneLineErrors,
-    help="Weakly supervised semantic segmentation: image labels → CAMs → pseudo masks → segmenter → mIoU.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # sub-commands inherit it
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from stages import __version__
+
+        typer.echo(f"wsss {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def wsss(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                               help="Print the version and exit.")] = False):
+    """Weakly supervised semantic segmentation: image labels → CAMs → pseudo masks → segmenter → mIoU."""
+
+
 data_app = typer.Typer(help="Make or read a dataset and write the run's dataset index.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 # Option defaults come from the stage configs, so the CLI and the Python API cannot disagree.
 SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
 SALIENCY, EVALUATE, REPORT, AFFINITY = SaliencyConfig(), EvaluateConfig(), ReportConfig(), TrainAffinityConfig()
-VOC, FOLDER = VocDataConfig(), FolderDataConfig()
+VOC, FOLDER, PREDICT = VocDataConfig(), FolderDataConfig(), PredictConfig()
 
 
 def user_message(error: UserError) -> str:
@@ -240,12 +256,12 @@ def train_cam(
 @user_errors
 def infer_cam(
     run: RunOption = DEFAULT_RUN,
-    split: str = INFER.split,
+    split: Annotated[str, typer.Option(help="Split whose CAMs to write.")] = INFER.split,
     scales: Annotated[str, typer.Option(help="Comma-separated test scales.")] = joined(INFER.scales),
     flip: Annotated[bool, typer.Option(help="Also run each scale's horizontal flip.")] = INFER.flip,
     raw: Annotated[bool, typer.Option(help="For methods that refine their CAMs (SEAM's PCM): write the raw CAMs "
                                            "to RUN/cams/SPLIT-raw.h5 instead.")] = INFER.raw,
-    batch_size: Annotated[int, typer.Option(min=1)] = INFER.batch_size,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images of one size per forward pass.")] = INFER.batch_size,
     part_size: Annotated[int, typer.Option(min=1, help="Images per part file; a killed run resumes at the first "
                                                       "missing part.")] = INFER.part_size,
     force: ForceOption = False,
@@ -267,7 +283,7 @@ def infer_cam(
 @user_errors
 def saliency(
     run: RunOption = DEFAULT_RUN,
-    split: str = SALIENCY.split,
+    split: Annotated[str, typer.Option(help="Split whose saliency maps to write.")] = SALIENCY.split,
     source: Annotated[str, typer.Option(help=SALIENCY_SOURCES.help() + ", or a directory of grayscale <id>.png "
                                              "maps (e.g. PoolNet's).")] = SALIENCY.source,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = SALIENCY.workers,
@@ -315,7 +331,7 @@ def train_affinity(
 @user_errors
 def pseudo_label(
     run: RunOption = DEFAULT_RUN,
-    split: str = PSEUDO.split,
+    split: Annotated[str, typer.Option(help="Split whose CAMs become pseudo masks.")] = PSEUDO.split,
     refine: Annotated[str, typer.Option(help="none, or a comma list of refinements applied in order: "
                                              + REFINEMENTS.help() + ".")] = PSEUDO.refine,
     pcm_checkpoint: Annotated[str, typer.Option(help="SEAM checkpoint for --refine pcm (default: the run's "
@@ -399,6 +415,52 @@ def segment(
     stage(_run(run), config, resume=resume, force=force)
 
 
+# ----------------------------------------------------------------------------------------------- predict
+@app.command("predict")
+@user_errors
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Images: files, folders of images, or .txt files listing image "
+                                                     "paths (one per line, relative to the list).")],
+    out: Annotated[Path, typer.Option(help="Output folder (new, empty, or an earlier predict's, which is resumed): "
+                                           "masks/NAME.png, overlays/, cams/, classes.json, manifest.json.")],
+    checkpoint: Annotated[Path, typer.Option(help="The segmenter: RUN/segment/TAG/checkpoint.pt from `wsss "
+                                                  "segment`.")],
+    cam_checkpoint: Annotated[Optional[Path], typer.Option(
+        help="A classifier (RUN/cam/checkpoint.pt): also write its predicted classes (classes.json) and their CAMs "
+             "(cams/NAME.h5).")] = None,
+    test_scales: Annotated[str, typer.Option(help="Comma-separated test scales; default: the segmenter's own.")]
+    = "",
+    test_flip: Annotated[Optional[bool], typer.Option(
+        help="Average with the flipped prediction; default: as the segmenter was configured.")] = None,
+    crf: Annotated[Optional[bool], typer.Option(
+        help="Dense CRF post-processing (DeepLab settings); default: as the segmenter was configured.")] = None,
+    overlay: Annotated[bool, typer.Option(help="Also write each mask's colours on its image (overlays/NAME.jpg).")]
+    = PREDICT.overlay,
+    class_threshold: Annotated[float, typer.Option(
+        help="With --cam-checkpoint: a class is predicted where the classifier's probability exceeds this.")]
+    = PREDICT.class_threshold,
+    cam_scales: Annotated[str, typer.Option(help="With --cam-checkpoint: the CAMs' scales (with flips).")]
+    = joined(PREDICT.cam_scales),
+    batch_size: Annotated[int, typer.Option(help="Images of one size per forward pass.")] = PREDICT.batch_size,
+    workers: WorkersOption = PREDICT.workers,
+    device: DeviceOption = PREDICT.device,
+    amp: AmpOption = PREDICT.amp,
+    skip_bad: Annotated[bool, typer.Option(help="Leave unreadable images out (counted and listed in the manifest) "
+                                                "instead of stopping at the first.")] = PREDICT.skip_bad,
+    force: ForceOption = False,
+):
+    """Masks for new images without labels, from a trained segmenter (and the CAM classifier's classes and CAMs
+    with --cam-checkpoint), written to OUT/masks/NAME.png."""
+    config = PredictConfig(
+        inputs=tuple(inputs), checkpoint=str(checkpoint), cam_checkpoint=str(cam_checkpoint or ""),
+        test_scales=floats(test_scales, "--test-scales"), test_flip=test_flip, crf=crf, overlay=overlay,
+        class_threshold=class_threshold, cam_scales=floats(cam_scales, "--cam-scales"), batch_size=batch_size,
+        workers=workers, device=device, amp=amp, skip_bad=skip_bad)
+    from stages.predict import predict as stage
+
+    stage(_run(out), config, force=force)
+
+
 # ----------------------------------------------------------------------------------------------- evaluate
 @app.command("evaluate")
 @user_errors
@@ -406,7 +468,7 @@ def evaluate(
     target: Annotated[str, typer.Argument(help="cams, cams-raw, pseudo/SET (e.g. pseudo/crf), segment/TAG (e.g. "
                                                "segment/gt), or a folder of predicted PNG masks.")],
     run: RunOption = DEFAULT_RUN,
-    split: str = EVALUATE.split,
+    split: Annotated[str, typer.Option(help="Split to score (its ground-truth masks).")] = EVALUATE.split,
     per_class: Annotated[bool, typer.Option(help="Also print per-class IoU / precision / recall.")] = False,
     force: ForceOption = False,
 ):
@@ -430,11 +492,11 @@ def evaluate(
 @user_errors
 def report(
     run: RunOption = DEFAULT_RUN,
-    split: str = REPORT.split,
+    split: Annotated[str, typer.Option(help="Split whose images the sample rows show.")] = REPORT.split,
     pseudo: Annotated[str, typer.Option(help="Pseudo masks to show (their set name, e.g. crf).")] = REPORT.pseudo,
     segment_tag: Annotated[str, typer.Option("--segment", help="Segmenter whose predictions to show (its TAG).")]
     = REPORT.segment,
-    samples: Annotated[int, typer.Option(min=1)] = REPORT.num_samples,
+    samples: Annotated[int, typer.Option(min=1, help="Sample rows to show (chosen with --seed).")] = REPORT.num_samples,
     seed: SeedOption = REPORT.seed,
     force: ForceOption = False,
 ):

@@ -51,7 +51,9 @@ class CamWriter:
         attrs["kind"] = kind
         self._group = self._file.create_group("cams")
 
-    def write(self, image_id: str, cams: np.ndarray, classes: np.ndarray) -> None:
+    def write(self, image_id: str, cams: np.ndarray, classes: np.ndarray, scores: np.ndarray | None = None) -> None:
+        """`scores`: the classifier's probability of every foreground class, where the classes were predicted
+        (`wsss predict`) rather than given."""
         if cams.ndim != 3 or cams.shape[0] != len(classes):
             raise ValueError(f"cams must be (K, H, W) with K = len(classes), got {cams.shape} for {len(classes)}")
         dataset = self._group.create_dataset(
@@ -60,6 +62,8 @@ class CamWriter:
         )
         dataset.attrs["classes"] = np.asarray(classes, dtype=np.int16)
         dataset.attrs["image_size"] = np.asarray(cams.shape[1:], dtype=np.int32)
+        if scores is not None:
+            dataset.attrs["scores"] = np.asarray(scores, dtype=np.float32)
 
     def copy_from(self, reader: "CamReader") -> None:
         """Every image's CAMs of another CAM file, compressed chunks and attributes as they are."""
@@ -127,6 +131,11 @@ class CamReader:
         except KeyError:
             raise UserError(f"image {image_id!r} has no CAM in {self.path}") from None
         return dataset[()].astype(np.float32), np.asarray(dataset.attrs["classes"], dtype=np.int64)
+
+    def scores(self, image_id: str) -> np.ndarray | None:
+        """The classifier's per-class probabilities stored with a predicted image's CAMs (None if absent)."""
+        scores = self._file["cams"][image_id].attrs.get("scores")
+        return None if scores is None else np.asarray(scores, dtype=np.float32)
 
     def close(self) -> None:
         self._file.close()

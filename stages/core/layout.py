@@ -17,6 +17,15 @@ its method and training masks (`pseudo-crf`, `gt-memory`, `mcic`), an evaluation
       segment/TAG/checkpoint.pt    segment    (train_state.pt while it trains; pred_SPLIT/ID.png its predictions)
       eval/NAME.json               evaluate
       report.html                  report
+
+A `wsss predict` output folder is a run of its own (its manifest says which checkpoints and images made it):
+
+    OUT/
+      manifest.json                predict
+      masks/NAME.png               the segmenter's masks (NAME: the input image's name without its suffix)
+      overlays/NAME.jpg            predict --overlay: the masks' colours on the images
+      cams/NAME.h5                 predict --cam-checkpoint: the CAMs of the classes the classifier predicts
+      classes.json                 predict --cam-checkpoint: each image's predicted classes and class scores
 """
 
 from __future__ import annotations
@@ -138,6 +147,23 @@ class Layout:
     def all_predictions(self, tag: str) -> list[Path]:
         """The prediction folders the segmenter's folder holds, of whichever splits."""
         return sorted(self.segment(tag).glob("pred_*"))
+
+    # ---- a `wsss predict` folder
+    @property
+    def predicted_masks(self) -> Path:
+        return self.path("masks")
+
+    @property
+    def predicted_overlays(self) -> Path:
+        return self.path("overlays")
+
+    @property
+    def predicted_cams(self) -> Path:
+        return self.path("cams")
+
+    @property
+    def predicted_classes(self) -> Path:
+        return self.path("classes.json")
 
     # ---- results
     @property

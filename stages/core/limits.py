@@ -63,6 +63,8 @@ LIMITS: dict[str, Limit] = {
     "bg_threshold": PROBABILITY,
     "saliency_threshold": PROBABILITY,
     "thresholds": PROBABILITY,
+    "class_threshold": PROBABILITY,
+    "cam_scales": Limit(0, 16, **POSITIVE),
     "num_samples": Limit(0, 100_000, flag="--samples"),
     # the synthetic benchmark (data synth)
     "num_train": Limit(1, 10_000_000),

@@ -14,6 +14,7 @@ from .core.errors import UserError
 from .core.io import check_plain_name
 from .core.limits import check_numbers
 from .core.layout import mask_set_name, segment_tag
+from .data.coco import DEFAULT_SPLITS as COCO_SPLITS
 from .data.synth import SynthConfig
 from .data.voc import DEFAULT_SPLITS
 from .metrics import DEFAULT_THRESHOLDS
@@ -277,6 +278,16 @@ class VocDataConfig(Checked):
     splits: tuple[str, ...] = DEFAULT_SPLITS
     verify: bool = True  # decode every image and mask once (see data.verify)
     skip_bad: bool = False  # leave bad images out, listed in the index's `skipped`, instead of stopping
+    workers: int = 8
+
+
+@dataclass(frozen=True)
+class CocoDataConfig(Checked):
+    root: str = ""  # annotations/instances_{train,val}2014.json, train2014/, val2014/ (see data.coco)
+    splits: tuple[str, ...] = COCO_SPLITS  # train (train2014) and/or val (val2014)
+    render: bool = False  # render masks from the json even where a pre-rendered mask folder exists
+    verify: bool = True
+    skip_bad: bool = False
     workers: int = 8
 
 

@@ -1,7 +1,8 @@
 """Stage `data`: make or read a dataset and write the run's dataset index (`dataset.json`).
 
-`synth` generates the built-in benchmark; `voc` reads PASCAL VOC 2012 (+ SBD SegmentationClassAug);
-`folder` reads a folder of images with a labels file. Every later stage reads only the index.
+`synth` generates the built-in benchmark; `voc` reads PASCAL VOC 2012 (+ SBD SegmentationClassAug); `coco`
+reads MS COCO 2014, rendering its masks into the run; `folder` reads a folder of images with a labels file.
+Every later stage reads only the index.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .config import FolderDataConfig, SynthDataConfig, VocDataConfig
+from .config import CocoDataConfig, FolderDataConfig, SynthDataConfig, VocDataConfig
 from .core.console import console, progress_bar
 from .core.runs import Run, Stage
+from .data.coco import read_coco, split_sources
 from .data.folder import CLASSES_FILE, read_folder
 from .data.index import DatasetIndex
 from .data.synth import generate
@@ -55,6 +57,37 @@ def data_voc(run: Run, config: VocDataConfig, *, force: bool = False) -> dict:
 
     return run.execute(Stage("data", {"source": "voc", **asdict(config)}, [root], [run.dataset_index.path], work),
                        force)
+
+
+def data_coco(run: Run, config: CocoDataConfig, *, force: bool = False) -> dict:
+    """Index COCO 2014, rendering each split's masks into the run once (or reading a pre-rendered mask folder);
+    `verify` and `skip_bad` as for `data_voc`. Images without labels are left out and counted in the metrics."""
+    root = Path(config.root)
+    sources = split_sources(root, config.splits, config.render)  # a wrong path fails before any progress bar
+    rendered = [run.coco_masks(source.split).path for source in sources if source.kind == "annotations"]
+
+    def work() -> dict:
+        with progress_bar() as bar:
+            task = bar.add_task("data coco", total=None, status="rendering masks")
+            index, reports = read_coco(root, lambda split: run.coco_masks(split).path, config.splits,
+                                       workers=max(config.workers, 1), progress=lambda n: bar.update(task, advance=n),
+                                       skip_bad=config.skip_bad, render=config.render)
+        if config.verify:
+            index = _verified(index, max(config.workers, 1), config.skip_bad)
+        for split, report in reports.items():
+            reused = f", {report.reused} reused from an earlier run" if report.reused else ""
+            made = f"{report.rendered} rendered{reused}" if report.masks == "rendered" else "pre-rendered"
+            console.print(f"{split}: masks {made} ({report.source}); {report.unlabelled} image"
+                          f"{'s' if report.unlabelled != 1 else ''} without labels left out",
+                          markup=False, highlight=False, soft_wrap=True)
+        metrics = _finish(run, index, config.verify)
+        for split, report in reports.items():
+            metrics.update({f"{split}_unlabelled_images": report.unlabelled, f"{split}_masks": report.masks,
+                            f"{split}_masks_rendered": report.rendered, f"{split}_masks_reused": report.reused})
+        return metrics
+
+    return run.execute(Stage("data", {"source": "coco", **asdict(config)}, [source.path for source in sources],
+                             [run.dataset_index.path, *rendered], work), force)
 
 
 def data_folder(run: Run, config: FolderDataConfig, *, force: bool = False) -> dict:

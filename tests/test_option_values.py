@@ -22,6 +22,7 @@ from wsss_cli.main import app
 VALUES = {int: ("0", "-1", "nan", "inf", str(10**12)), float: ("0", "-1", "nan", "inf", "1e30")}
 # Arguments a command needs besides its options: a placeholder that fails (after the options are checked).
 ARGUMENTS = {("evaluate",): ["cams"], ("data", "voc"): ["{tmp}/no-voc"], ("data", "folder"): ["{tmp}/no-folder"],
+             ("data", "coco"): ["{tmp}/no-coco"],
              ("predict",): ["{tmp}/no-image.jpg", "--out", "{tmp}/out", "--checkpoint", "{tmp}/no-checkpoint.pt"]}
 # data synth makes data when its values are legal: tiny data, so a legal case costs nothing.
 BASE = {("data", "synth"): ["--num-train", "2", "--num-val", "1", "--image-size", "32", "--workers", "1"]}

@@ -12,9 +12,10 @@ from typing import Annotated, Callable, Optional
 import typer
 from typer.core import TyperGroup
 
-from stages.config import (AffinityModelConfig, CamModelConfig, EvaluateConfig, FolderDataConfig, InferCamConfig,
-                           PredictConfig, PseudoLabelConfig, ReportConfig, SaliencyConfig, SegModelConfig,
-                           SegmentConfig, SynthDataConfig, TrainAffinityConfig, TrainCamConfig, VocDataConfig)
+from stages.config import (AffinityModelConfig, CamModelConfig, CocoDataConfig, EvaluateConfig, FolderDataConfig,
+                           InferCamConfig, PredictConfig, PseudoLabelConfig, ReportConfig, SaliencyConfig,
+                           SegModelConfig, SegmentConfig, SynthDataConfig, TrainAffinityConfig, TrainCamConfig,
+                           VocDataConfig)
 from stages.core.errors import UserError
 from stages.data.synth import SynthConfig
 from stages.registry import (AFFINITY_METHODS, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SALIENCY_SOURCES,
@@ -84,6 +85,7 @@ app.add_typer(data_app, name="data")
 SYNTH, CAM, INFER, PSEUDO, SEG = SynthConfig(), TrainCamConfig(), InferCamConfig(), PseudoLabelConfig(), SegmentConfig()
 SALIENCY, EVALUATE, REPORT, AFFINITY = SaliencyConfig(), EvaluateConfig(), ReportConfig(), TrainAffinityConfig()
 VOC, FOLDER, PREDICT = VocDataConfig(), FolderDataConfig(), PredictConfig()
+COCO = CocoDataConfig()
 
 
 def user_message(error: UserError) -> str:
@@ -186,6 +188,30 @@ def data_voc(
     """Index PASCAL VOC 2012 (+ SBD SegmentationClassAug); image labels come from the masks (or XML)."""
     config = VocDataConfig(root=str(root), splits=names(splits), verify=verify, skip_bad=skip_bad, workers=workers)
     from stages.prepare_data import data_voc as stage
+
+    stage(_run(run), config, force=force)
+
+
+@data_app.command("coco")
+@user_errors
+def data_coco(
+    root: Annotated[Path, typer.Argument(help="COCO 2014 folder: annotations/instances_{train,val}2014.json and "
+                                              "train2014/, val2014/ (or images/train2014/, ...).")],
+    run: RunOption = DEFAULT_RUN,
+    splits: Annotated[str, typer.Option(help="Splits to index: train (train2014) and/or val (val2014).")]
+    = joined(COCO.splits),
+    render: Annotated[bool, typer.Option(help="Render the masks from the annotation files even where a "
+                                              "pre-rendered mask folder (SegmentationClass/ or mask/) exists.")]
+    = COCO.render,
+    workers: WorkersOption = COCO.workers,
+    verify: VerifyOption = COCO.verify,
+    skip_bad: SkipBadOption = COCO.skip_bad,
+    force: ForceOption = False,
+):
+    """Index MS COCO 2014: labels from the instance annotations, masks rendered into the run once (crowds 255)."""
+    config = CocoDataConfig(root=str(root), splits=names(splits), render=render, verify=verify, skip_bad=skip_bad,
+                            workers=workers)
+    from stages.prepare_data import data_coco as stage
 
     stage(_run(run), config, force=force)
 

@@ -6,8 +6,9 @@ a mask set is named after its refinements (`pcm,crf` → `pcm+crf`, `-raw` for r
 its method and training masks (`pseudo-crf`, `gt-memory`, `mcic`), an evaluation after its target and split.
 
     RUN/
-      dataset.json                 data synth | voc | folder
+      dataset.json                 data synth | voc | coco | folder
       synth/                       data synth: the generated images and masks
+      coco_masks/SPLIT/ID.png      data coco: the ground-truth masks rendered from COCO's instance annotations
       manifest.json                every stage: config, inputs, outputs and their fingerprints, time, metrics
       cam/checkpoint.pt            train-cam  (cam/train_state.pt while it trains)
       cams/SPLIT.h5, SPLIT-raw.h5  infer-cam
@@ -81,12 +82,17 @@ class Layout:
     # ---- data
     @property
     def dataset_index(self) -> Artifact:
-        return Artifact(self.path("dataset.json"), "wsss data synth", " (or `wsss data voc` / `wsss data folder`)")
+        return Artifact(self.path("dataset.json"), "wsss data synth",
+                        " (or `wsss data voc` / `wsss data coco` / `wsss data folder`)")
 
     @property
     def synth_images(self) -> Path:
         """Where `data synth` writes its images unless told otherwise."""
         return self.path("synth")
+
+    def coco_masks(self, split: str) -> Artifact:
+        """The masks `data coco` renders from a split's instance annotations (one PNG per image)."""
+        return Artifact(self.path("coco_masks", split), "wsss data coco")
 
     @property
     def manifest_path(self) -> Path:

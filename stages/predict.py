@@ -92,9 +92,6 @@ def predict(run: Run, config: PredictConfig, *, force: bool = False) -> dict:
         if skipped:
             console.print(f"predict: {len(skipped)} unreadable images left out, e.g. {skipped[0]['reason']}",
                           markup=False, highlight=False, soft_wrap=True)
-        console.print(f"predict: masks written to {run.predicted_masks}"
-                      + (f", overlays to {run.predicted_overlays}" if config.overlay else "")
-                      + (f", classes to {run.predicted_classes}" if config.cam_checkpoint else ""))
         return metrics
 
     return run.execute(Stage(STAGE_KEY, config, checkpoints + [Path(p) for p in config.inputs], outputs, work),

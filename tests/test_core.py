@@ -171,8 +171,10 @@ def test_an_up_to_date_stage_is_skipped_and_a_changed_input_or_output_runs_it_ag
         return Stage("copy", config, [source], [output], copy)
 
     assert run.execute(stage({"k": 1})) == {"runs": 1}
+    assert capsys.readouterr().err.splitlines()[-1] == f"copy wrote {output}"  # the last line says where
     assert run.execute(stage({"k": 1})) == {"runs": 1} and len(calls) == 1  # skipped, recorded metrics
-    assert "copy: up to date" in capsys.readouterr().err
+    said = capsys.readouterr().err.splitlines()
+    assert said[0].startswith("copy: up to date") and said[-1] == f"copy is in {output}"
     assert run.execute(stage({"k": 1, "workers": 8})) == {"runs": 1}  # execution-only keys do not count
     assert run.execute(stage({"k": 2}))["runs"] == 2  # another config
     source.write_text("b")

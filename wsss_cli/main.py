@@ -528,12 +528,9 @@ def report(
 ):
     """Write RUN/report.html: metrics, timings and image | GT | CAM | pseudo mask | prediction overlays."""
     config = ReportConfig(split=split, pseudo=pseudo, segment=segment_tag, num_samples=samples, seed=seed)
-    from stages.core.console import console
     from stages.report import report as stage
 
-    the_run = _run(run)
-    stage(the_run, config, force=force)
-    console.print(f"report written to {the_run.report}")
+    stage(_run(run), config, force=force)
 
 
 # ----------------------------------------------------------------------------------------------- summary

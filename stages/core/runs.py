@@ -105,6 +105,7 @@ class Run(Layout):
             self._check_fresh_inputs(stage)
         done = None if force else self._recorded_metrics(stage.key, config, input_prints)
         if done is not None:
+            self._say_where(stage, "is in")
             return done
         self.root.mkdir(parents=True, exist_ok=True)
         started = datetime.now(timezone.utc)
@@ -130,7 +131,14 @@ class Run(Layout):
                 "wsss_version": __version__,
             }
             write_json(self.manifest_path, manifest)
+        self._say_where(stage, "wrote")
         return metrics
+
+    def _say_where(self, stage: Stage, verb: str) -> None:
+        """The stage's last line: where its outputs are, so the user can open them or hand them to the next stage."""
+        if processes().is_main:
+            console.print(f"{stage.key} {verb} {', '.join(str(path) for path in stage.outputs)}", markup=False,
+                          highlight=False, soft_wrap=True)
 
     def staleness(self) -> dict[str, str]:
         """The stale stages of the manifest, each with why (see the module docstring)."""

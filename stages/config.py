@@ -8,7 +8,7 @@ need no files run when a config is made, so a bad option is a one-line error bef
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .core.errors import UserError
 from .core.io import check_plain_name
@@ -64,7 +64,7 @@ class AffinityModelConfig(BackboneConfig):
 class TrainingConfig(Checked):
     """What every training stage takes: its split, the SGD schedule, the augmentation and how it runs."""
 
-    train_split: str = "train"
+    train_split: str = ""  # "" = the dataset's training split (`DatasetIndex.training_split`)
     epochs: int = 5
     batch_size: int = 16  # the global batch: under torchrun each of N processes takes batch_size / N
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each process's share
@@ -78,6 +78,10 @@ class TrainingConfig(Checked):
     device: str = "auto"
     amp: bool = True
     seed: int = 0
+
+    def on(self, dataset) -> "TrainingConfig":
+        """This config with the dataset's training split where none was chosen, as the manifest records it."""
+        return self if self.train_split else replace(self, train_split=dataset.training_split)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from .models.inference import PredictionSettings, predict_masks
 def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: bool = False) -> dict:
     """Train and predict; skipped when up to date (see `Run.execute`) unless `force`."""
     dataset = run.dataset()
+    config = config.on(dataset)
     samples = dataset.split(config.train_split)
     for split in config.predict_splits:
         dataset.split(split)  # unknown split: fail now, not after training
@@ -127,7 +128,7 @@ def training_masks(run: Run, config: SegmentConfig, samples) -> Path | None:
             raise UserError(f"--labels gt needs ground-truth masks; {len(without)} {config.train_split} images "
                             f"have none (e.g. {without[0]})")
         return None
-    return require_mask_set(run.pseudo(config.pseudo), samples)
+    return require_mask_set(run.pseudo(config.pseudo), samples, config.train_split)
 
 
 @torch.inference_mode()

@@ -34,13 +34,14 @@ from .methods import cam_model_from_checkpoint
 def train_affinity(run: Run, config: TrainAffinityConfig, *, resume: bool = False, force: bool = False) -> dict:
     """Train the affinity network; skipped when up to date (see `Run.execute`) unless `force`."""
     dataset = run.dataset()
+    config = config.on(dataset)
     samples = dataset.split(config.train_split)
     uses_cam = config.model.pretrained == FROM_CAM or not config.model.backbone
     cam_path = (Path(config.cam_checkpoint) if config.cam_checkpoint else run.cam_checkpoint.require()) \
         if uses_cam else None
     cam_payload = load_checkpoint(cam_path, "cam") if uses_cam else None
     config = with_cam_backbone(config, cam_payload)
-    mask_dir = require_mask_set(run.pseudo(config.pseudo), samples)
+    mask_dir = require_mask_set(run.pseudo(config.pseudo), samples, config.train_split)
     check_mask_sizes(samples, lambda sample: f"{mask_dir}/{sample.id}.png")
     seed_everything(config.seed)
     model = build_affinity_model(config.method, config.model, config.method_options)

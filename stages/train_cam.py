@@ -30,6 +30,7 @@ from .metrics import macro_f1, mean_average_precision
 def train_cam(run: Run, config: TrainCamConfig, *, resume: bool = False, force: bool = False) -> dict:
     """Train the classifier; skipped when up to date (see `Run.execute`) unless `force`."""
     dataset = run.dataset()
+    config = config.on(dataset)
     train_samples = dataset.split(config.train_split)
     val_samples = dataset.split(config.val_split) if config.val_split else []
     num_classes = dataset.num_classes

@@ -121,11 +121,11 @@ def test_train_cam_help_names_every_method_addon_and_backbone_with_the_config_de
         "--head-lr-mult": config.head_lr_mult, "--weight-decay": config.weight_decay,
         "--base-size": config.base_size, "--crop-size": config.crop_size,
         "--scale-range": ",".join(map(str, config.scale_range)), "--workers": config.workers,
-        "--device": config.device, "--seed": config.seed, "--train-split": config.train_split,
-        "--val-split": config.val_split, "--backbone": config.model.backbone,
+        "--device": config.device, "--seed": config.seed, "--val-split": config.val_split, "--backbone": config.model.backbone,
         "--output-stride": config.model.output_stride, "--pretrained": config.model.pretrained,
     })
     assert option_help(text, "--epochs").startswith("<int range> [x>=1]")
+    assert config.train_split == "" and "default: the dataset's training split" in option_help(text, "--train-split")
 
 
 def test_segment_help_names_every_method_and_contrast_with_the_config_defaults():

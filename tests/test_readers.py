@@ -106,6 +106,45 @@ def test_voc_reads_splits_labels_and_masks(voc: Path):
     assert all(Path(s.image).is_absolute() for s in samples.values())
 
 
+def test_voc_trains_on_train_aug_where_sbd_gives_it_and_on_train_otherwise(voc: Path):
+    from stages.config import SegmentConfig, TrainCamConfig
+
+    with_sbd = read_voc(voc)
+    assert with_sbd.training_split == "train_aug"
+    assert TrainCamConfig().on(with_sbd).train_split == "train_aug"
+    assert SegmentConfig(train_split="train").on(with_sbd).train_split == "train"  # a chosen split stays
+    (voc / "ImageSets" / "SegmentationAug" / "train_aug.txt").unlink()
+    assert read_voc(voc).training_split == "train"
+
+
+def test_voc_chain_follows_the_field_split_convention(voc: Path, tmp_path: Path):
+    """The classifier learns from train_aug, CAMs and pseudo masks are made for train (where they are scored), and
+    the segmenter, which learns from train_aug too, names the split whose pseudo masks it lacks."""
+    from typer.testing import CliRunner
+
+    from stages.core.io import read_json
+    from wsss_cli.main import app
+
+    def wsss(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    run = tmp_path / "run"
+    tiny = ("--epochs", 1, "--batch-size", 2, "--crop-size", 16, "--base-size", 20, "--workers", 0)
+    assert wsss("data", "voc", voc, "--run", run).exit_code == 0
+    trained = wsss("train-cam", "--run", run, "--val-split", "", *tiny)
+    assert trained.exit_code == 0, trained.output
+    assert "on 4 train_aug images" in trained.output
+    assert read_json(run / "manifest.json", "manifest")["stages"]["train-cam"]["config"]["train_split"] == "train_aug"
+    for command in (("infer-cam", "--scales", "1.0"), ("pseudo-label", "--refine", "none")):
+        result = wsss(*command, "--run", run)
+        assert result.exit_code == 0, result.output
+    segment = wsss("segment", "--run", run, "--pseudo", "none", *tiny)
+    assert segment.exit_code == 2
+    assert segment.output.strip().splitlines()[-1] == (
+        f"error: no pseudo mask {run}/pseudo/none/d.png (1 of train_aug missing): run `wsss infer-cam --split "
+        "train_aug` and `wsss pseudo-label --refine none --split train_aug` first")
+
+
 @pytest.mark.parametrize("root_of", [lambda voc: voc, lambda voc: voc.parent, lambda voc: voc.parent.parent])
 def test_voc_root_may_be_voc2012_vocdevkit_or_its_parent(voc: Path, root_of):
     assert read_voc(root_of(voc), workers=2).root == str(voc.resolve())

@@ -83,7 +83,8 @@ def pretrained_value(text: str) -> str:
 
 # Each shared field: (its option's type on the command line, help, parser from that type to the config's value).
 _SHARED: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
-    "train_split": (str, "Split to train on.", str),
+    "train_split": (str, "Split to train on; default: the dataset's training split (VOC with SBD's masks: "
+                         "train_aug, else train).", str),
     "epochs": (int, "Training epochs.", int),
     "batch_size": (int, "The global batch (under torchrun each of N processes takes BATCH_SIZE / N).", int),
     "sync_bn": (bool, "Under torchrun: BatchNorm statistics over the global batch instead of each process's share.",

@@ -50,6 +50,13 @@ class DatasetIndex:
         """Foreground classes, without background."""
         return len(self.class_names) - 1
 
+    @property
+    def training_split(self) -> str:
+        """The split the training stages learn from by default, as the field does: VOC's `train_aug` when the
+        index has it (SBD's 10,582 images), else `train`; CAMs and pseudo masks are scored on `train`, the
+        segmenter on `val`."""
+        return "train_aug" if self.format == "voc" and "train_aug" in self.splits else "train"
+
     def split(self, name: str) -> list[Sample]:
         if name not in self.splits:
             known = ", ".join(sorted(self.splits)) or "none"

@@ -82,13 +82,13 @@ def random_crop(rng, image, mask, crop, saliency, fill):
     return out_image, out_mask, out_saliency
 
 
-def require_mask_set(masks: Artifact, samples: list[Sample]) -> Path:
-    """The mask set's folder, or a one-line error naming the first image without a mask and the command that makes
-    the set."""
+def require_mask_set(masks: Artifact, samples: list[Sample], split: str) -> Path:
+    """The mask set's folder, or a one-line error naming the first image of `split` without a mask and the commands
+    that make the set for that split."""
     missing = [s.id for s in samples if not (masks.path / f"{s.id}.png").is_file()]
     if missing:
-        raise UserError(f"no pseudo mask {masks.path}/{missing[0]}.png ({len(missing)} missing): run "
-                        f"`{masks.made_by}` first")
+        raise UserError(f"no pseudo mask {masks.path}/{missing[0]}.png ({len(missing)} of {split} missing): run "
+                        f"`wsss infer-cam --split {split}` and `{masks.made_by} --split {split}` first")
     return masks.path
 
 

@@ -36,6 +36,7 @@ class BackboneConfig:
     backbone: str = "resnet10"
     output_stride: int = 16
     pretrained: str = "none"  # none, imagenet, or a weights file
+    frozen_bn: bool = False  # BatchNorm statistics stay as loaded while training (IRN's FixedBatchNorm)
 
 
 @dataclass(frozen=True)

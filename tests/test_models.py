@@ -204,3 +204,22 @@ def test_l2g_local_views_are_renormalised_for_a_local_backbone_of_other_statisti
     as_imagenet = (image / 255 - mean) / std
     assert torch.allclose(imagenet.to(half, as_imagenet), (image / 255 - 0.5) / 0.5, atol=1e-5)
     assert imagenet.to(imagenet, as_imagenet) is as_imagenet
+
+
+@pytest.mark.parametrize("name", ["resnet10", "efficientnet_lite0"])
+def test_frozen_bn_keeps_the_loaded_statistics_while_its_scale_and_shift_learn(name):
+    torch.manual_seed(0)
+    image = torch.randn(2, 3, 32, 32) * 3 + 1  # statistics far from the fresh layers' (0, 1)
+    for frozen in (False, True):
+        backbone = create_backbone(name, 16, "none", frozen_bn=frozen).train()
+        norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        before = [norm.running_mean.clone() for norm in norms]
+        backbone(image)[-1].sum().backward()
+        moved = any(not torch.equal(norm.running_mean, old) for norm, old in zip(norms, before))
+        assert moved != frozen
+        assert backbone.training and all(norm.training != frozen for norm in norms)
+        assert all(norm.weight.grad is not None for norm in norms if norm.weight is not None)
+    # a model holding the backbone passes the mode down and the backbone keeps its BatchNorm in eval mode
+    model = build_cam_model("baseline", CamModelConfig(backbone=name, frozen_bn=True), 3).train()
+    assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    assert model.eval().train().classifier.training

@@ -105,6 +105,8 @@ _SHARED: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
                          "efficientnet_lite0/1/2; downloaded by timm for other timm models) or a weights file "
                          "(a state dict in torchvision's or timm's key names); train-affinity also takes cam (the "
                          "CAM checkpoint's weights, its default).", pretrained_value),
+    "frozen_bn": (bool, "Keep the backbone's BatchNorm statistics as loaded while training (IRN's FixedBatchNorm for "
+                        "its ImageNet ResNet-50); their scale and shift still learn.", bool),
 }
 _FLAGS = {"sync_bn": "--sync-bn"}  # on/off options that have no --no- form
 _MIN_ONE = ("epochs", "batch_size")

@@ -17,7 +17,7 @@ FROM_CAM = "cam"
 
 def create_affinity_backbone(config: AffinityModelConfig) -> nn.Module:
     pretrained = "none" if config.pretrained == FROM_CAM else config.pretrained
-    return create_backbone(config.backbone, config.output_stride, pretrained)
+    return create_backbone(config.backbone, config.output_stride, pretrained, config.frozen_bn)
 
 
 def stride_size(size: int, stride: int) -> int:

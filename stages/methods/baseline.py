@@ -34,7 +34,7 @@ class BaselineCam(nn.Module):
     def __init__(self, config: CamModelConfig, num_classes: int, options: Options = Options()):
         super().__init__()
         self.options = options
-        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained, config.frozen_bn)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, kernel_size=1, bias=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -87,7 +87,7 @@ class ClassMapNet(nn.Module):
 
     def __init__(self, config: CamModelConfig, num_classes: int):
         super().__init__()
-        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained, config.frozen_bn)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes + 1, kernel_size=1, bias=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -192,7 +192,7 @@ class L2GCam(nn.Module):
         self.output_stride = config.output_stride
         self.global_net = ClassMapNet(config, num_classes)
         local_config = CamModelConfig(options.local_backbone or config.backbone, config.output_stride,
-                                      config.pretrained)
+                                      config.pretrained, config.frozen_bn)
         self.local_net = ClassMapNet(local_config, num_classes)
 
     @property

@@ -204,7 +204,7 @@ class SeamCam(nn.Module):
     def __init__(self, config: CamModelConfig, num_classes: int, options: SeamOptions = SeamOptions()):
         super().__init__()
         self.options = options
-        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained, config.frozen_bn)
         channels = self.backbone.channels
         self.classifier = nn.Conv2d(channels[-1], num_classes, kernel_size=1, bias=False)
         # PCM (official f8_3, f8_4, f9): projections of layer3 and layer4, then an embedding of [image, both].

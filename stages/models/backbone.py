@@ -1,9 +1,12 @@
 """Backbones: torchvision ResNets and any timm model, with output stride 32, 16 or 8 and optional ImageNet weights.
 
-`create_backbone(name, output_stride, pretrained)` is the one entry point (after timm's `create_model`). Every
-backbone returns four feature maps at strides 4, 8, 16 and 32 (the last ones dilated to the output stride), lists
-their `channels`, and says which input `normalization` its weights expect: every stage that feeds it images uses
-that, and checkpoints record it.
+`create_backbone(name, output_stride, pretrained, frozen_bn)` is the one entry point (after timm's
+`create_model`). Every backbone returns four feature maps at strides 4, 8, 16 and 32 (the last ones dilated to the
+output stride), lists their `channels`, and says which input `normalization` its weights expect: every stage that
+feeds it images uses that, and checkpoints record it. With `frozen_bn` its BatchNorm layers keep the statistics
+they were loaded with while the network trains, as IRN's `FixedBatchNorm` does for its ImageNet ResNet-50 (their
+scale and shift still learn). IRN also freezes the stem's first convolution and BatchNorm weights; that is not
+followed here (a named deviation: only the statistics are frozen).
 
 - ResNets (`RESNET10` ... `RESNET101`, registered in `stages.registry.BACKBONES`): torchvision's `ResNet`, strides
   replaced by dilation as in DeepLab. `resnet10` (one `BasicBlock` per stage) is the from-scratch default on the
@@ -74,17 +77,35 @@ def timm_spec(name: str) -> TimmSpec | None:
     return TimmSpec(name) if timm().is_model(name) else None
 
 
-def create_backbone(name: str, output_stride: int = 16, pretrained: str = "none") -> nn.Module:
-    """The backbone `name` (registered, or any timm model); `pretrained`: none, imagenet or a weights file."""
+def create_backbone(name: str, output_stride: int = 16, pretrained: str = "none", frozen_bn: bool = False
+                    ) -> nn.Module:
+    """The backbone `name` (registered, or any timm model); `pretrained`: none, imagenet or a weights file;
+    `frozen_bn`: its BatchNorm statistics stay as loaded while it trains."""
     spec = BACKBONES.get(name)  # "unknown backbone ..." (choose from the registered names, or a timm model)
     if output_stride not in OUTPUT_STRIDES:
         raise UserError(f"output stride must be 8, 16 or 32, got {output_stride}")
-    if isinstance(spec, ResNetSpec):
-        return ResNetBackbone(name, spec, output_stride, pretrained)
-    return TimmBackbone(name, spec, output_stride, pretrained)
+    backbone_class = ResNetBackbone if isinstance(spec, ResNetSpec) else TimmBackbone
+    backbone = backbone_class(name, spec, output_stride, pretrained)
+    backbone.frozen_bn = frozen_bn
+    return backbone
 
 
-class ResNetBackbone(nn.Module):
+class Backbone(nn.Module):
+    """What every backbone shares: in training mode, BatchNorm layers stay in evaluation mode when `frozen_bn`, so
+    they normalise with the loaded statistics and do not update them (IRN's `FixedBatchNorm`)."""
+
+    frozen_bn = False
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if mode and self.frozen_bn:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+
+class ResNetBackbone(Backbone):
     """ResNet without its pooling and fc head; returns the stage outputs (layer1..layer4)."""
 
     normalization = Normalization()  # torchvision's ImageNet weights; harmless from scratch
@@ -161,7 +182,7 @@ def weights_file(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(Backbone):
     """timm's `features_only` model of the last four feature levels (strides 4, 8, 16, 32, dilated to the output
     stride by timm), its channels from timm's `feature_info`, its normalization from its pretrained config."""
 

@@ -40,7 +40,7 @@ class DeepLab(nn.Module):
     def __init__(self, config: SegModelConfig, num_classes: int):
         """`num_classes` counts background: the output has one channel per class including background."""
         super().__init__()
-        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained)
+        self.backbone = create_backbone(config.backbone, config.output_stride, config.pretrained, config.frozen_bn)
         self.aspp = ASPP(self.backbone.channels[-1], config.aspp_channels, config.aspp_rates)
         self.reduce_low_level = conv_bn_relu(self.backbone.channels[0], config.low_level_channels)
         self.decoder = nn.Sequential(

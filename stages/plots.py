@@ -16,6 +16,7 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf")
 FONT = 'font-family="sans-serif"'
 CHARACTER_WIDTH = 6.5  # rough width of an 11 px sans-serif character, to size margins for labels
+LEGEND_ROW = 15  # pixels per legend entry
 
 
 @dataclass
@@ -107,26 +108,25 @@ def _axes(frame: Frame, x_label: str, y_label: str, x_ticks: list[float] | None,
     frame.parts.append(f'<line x1="{left}" y1="{frame.top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
     frame.parts.append(f'<line x1="{left}" y1="{bottom}" x2="{frame.width - frame.right}" y2="{bottom}" '
                        'stroke="#444"/>')
-    frame.parts.append(_text((left + frame.width - frame.right) / 2, frame.height - 8, x_label,
+    frame.parts.append(_text((left + frame.width - frame.right) / 2, bottom + 36, x_label,
                              css_class="axis-label", size=12))
     middle = (frame.top + bottom) / 2
     frame.parts.append(_text(14, middle, y_label, css_class="axis-label", size=12, rotate=-90))
 
 
 def _legend(frame: Frame, names: list[str], colours: list[str]) -> None:
-    """Legend entries in the top right corner of the plotting area, one a line."""
-    longest = max(len(name) for name in names)
-    x = frame.width - frame.right - longest * CHARACTER_WIDTH - 22
+    """Legend entries below the x axis title, one a line (`frame.bottom` has room for them), so that they never
+    hide data."""
     for row, (name, colour) in enumerate(zip(names, colours)):
-        y = frame.top + 10 + 15 * row
-        frame.parts.append(f'<rect x="{x:.1f}" y="{y - 8:.1f}" width="12" height="10" fill="{colour}"/>')
-        frame.parts.append(_text(x + 16, y, name, css_class="legend", anchor="start", halo=True))
+        y = frame.height - frame.bottom + 52 + LEGEND_ROW * row
+        frame.parts.append(f'<rect x="{frame.left}" y="{y - 9}" width="12" height="10" fill="{colour}"/>')
+        frame.parts.append(_text(frame.left + 16, y, name, css_class="legend", anchor="start"))
 
 
 def line_plot(series: list[Series], *, title: str, x_label: str, y_label: str,
               y_range: tuple[float, float] | None = None, markers: tuple[Marker, ...] = (),
               integer_x: bool = False, width: int = 520, height: int = 300) -> str:
-    """Lines with a marker at each point; a legend when there are several series. `y_range` fixes the y axis
+    """Lines with a marker at each point; a legend below when there are several series. `y_range` fixes the y axis
     (e.g. 0..100 for percentages); otherwise it spans the data. With `integer_x` (epochs) x ticks are whole."""
     drawn = [one for one in series if one.points]
     xs = [x for one in drawn for x, _ in one.points]
@@ -141,7 +141,9 @@ def line_plot(series: list[Series], *, title: str, x_label: str, y_label: str,
     if high_x == low_x:
         low_x, high_x = low_x - 1, high_x + 1
     x_ticks = nice_ticks(low_x, high_x)
-    frame = Frame(width, height, (x_ticks[0], x_ticks[-1]), (y_ticks[0], y_ticks[-1]))
+    legend_rows = len(drawn) if len(drawn) > 1 else 0
+    frame = Frame(width, height + LEGEND_ROW * legend_rows, (x_ticks[0], x_ticks[-1]), (y_ticks[0], y_ticks[-1]))
+    frame.bottom += LEGEND_ROW * legend_rows
     if integer_x:
         x_ticks = [tick for tick in x_ticks if tick == int(tick)]
     frame.left = max(frame.left, 26 + CHARACTER_WIDTH * max(len(tick_text(t, y_ticks)) for t in y_ticks))
@@ -157,7 +159,7 @@ def line_plot(series: list[Series], *, title: str, x_label: str, y_label: str,
                                f"<title>{html.escape(one.name)}: {value_x:g}, {value_y:.4g}</title></circle>")
     for marker in markers:
         x, y = frame.x(marker.x), frame.y(marker.y)
-        frame.parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{height - frame.bottom}" '
+        frame.parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.height - frame.bottom}" '
                            f'stroke="{marker.colour}" stroke-dasharray="4 3"/>')
         frame.parts.append(f'<circle class="marker" cx="{x:.1f}" cy="{y:.1f}" r="5" fill="none" '
                            f'stroke="{marker.colour}" stroke-width="2"/>')
@@ -178,7 +180,7 @@ def bar_chart(groups: list[str], values: dict[str, list[float | None]], *, title
     frame = Frame(width, 0, x_range, (0, 1))
     frame.left = 32 + CHARACTER_WIDTH * max(len(group) for group in groups)  # the y axis title goes left of them
     group_height = bar * len(values) + gap
-    frame.top = 28 + 15 * len(values)  # room for the legend
+    frame.top = 28 + LEGEND_ROW * len(values)  # room for the legend
     frame.height = int(frame.top + group_height * len(groups) + frame.bottom)
     x_ticks = nice_ticks(*x_range)
     bottom = frame.height - frame.bottom
@@ -205,7 +207,7 @@ def bar_chart(groups: list[str], values: dict[str, list[float | None]], *, title
                              css_class="axis-label", size=12))
     frame.parts.append(_text(14, (frame.top + bottom) / 2, y_label, css_class="axis-label", size=12, rotate=-90))
     for row, (name, colour) in enumerate(zip(values, colours)):
-        y = 38 + 15 * row
+        y = 38 + LEGEND_ROW * row
         frame.parts.append(f'<rect x="{frame.left}" y="{y - 8}" width="12" height="10" fill="{colour}"/>')
         frame.parts.append(_text(frame.left + 16, y, name, css_class="legend", anchor="start"))
     return _svg(frame, title)

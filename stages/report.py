@@ -1,8 +1,10 @@
-"""Stage `report`: one self-contained HTML page summarising a run (`report.html`).
+"""Stage `report`: one self-contained HTML page summarising a run (`report.html`), or several runs side by side.
 
-It shows every evaluation in `eval/`, the stage timings from the manifest, and for a few images of a split
-the image, its ground truth, CAM, pseudo mask and prediction side by side. Images are embedded as base64
-PNG data URIs so the page can be mailed or archived on its own.
+A run's part of the page shows every evaluation in `eval/` (a table, the CAM mIoU against the background threshold,
+where the errors go, a confusion matrix per mask set), the training curves recorded in the manifest, the stage
+timings, and for a few images of a split their labels and the image, its ground truth, CAM, pseudo mask and
+prediction side by side. Plots are inline SVG (`stages.plots`) and images base64 PNG data URIs, so the page can be
+mailed or archived on its own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import html
 import io
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +25,13 @@ from .core.io import atomic_path, load_image, load_mask, read_json
 from .core.overlays import PALETTE, heat_overlay, mask_overlay
 from .core.runs import Run, Stage
 from .data.index import DatasetIndex, Sample
-from .results import percent, stale_results
+from .plots import Marker, Series, bar_chart, heat_map, line_plot
+from .results import headline, load_results, percent, stale_results
 
 THUMBNAIL_SIZE = 256  # longest side of each picture on the page, to keep the file small
 MISSING = "–"
+# Manifest keys of the stages that train, whose per-epoch history the page plots.
+TRAINING_STAGES = ("train-cam", "train-affinity", "segment/")
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -33,9 +39,34 @@ table { border-collapse: collapse; margin-bottom: 2em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: center; vertical-align: middle; }
 th { background: #f0f0f0; }
 td.missing { color: #999; font-size: 2em; }
+th .labels { display: block; font-weight: normal; font-size: 0.85em; color: #555; margin-top: 4px; }
 img { display: block; min-width: 128px; image-rendering: pixelated; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; margin-bottom: 2em; }
+svg.plot { background: #fff; border: 1px solid #ddd; }
+.stale { color: #b00; }
 .swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; margin: 0 4px 0 12px; }
+section.run { border-top: 3px solid #888; margin-top: 3em; }
 """
+
+
+@dataclass
+class Sources:
+    """What a run's part of the page reads: its evaluations and the artifacts shown in the sample rows (None
+    where the run does not have them)."""
+
+    eval_files: list[Path]
+    cam_file: Path | None
+    mask_dir: Path | None
+    prediction_dir: Path | None
+
+    @classmethod
+    def of(cls, run: Run, config: ReportConfig) -> "Sources":
+        cam_file, mask_dir, prediction_dir = (artifact.path if artifact.exists() else None for artifact in (
+            run.cams(config.split), run.pseudo(config.pseudo), run.predictions(config.segment, config.split)))
+        return cls(sorted(run.eval_dir.glob("*.json")), cam_file, mask_dir, prediction_dir)
+
+    def paths(self) -> list[Path]:
+        return [*self.eval_files, *(path for path in (self.cam_file, self.mask_dir, self.prediction_dir) if path)]
 
 
 def report(run: Run, config: ReportConfig, *, force: bool = False) -> dict:
@@ -44,35 +75,48 @@ def report(run: Run, config: ReportConfig, *, force: bool = False) -> dict:
     It shows the split's CAMs, the mask set `config.pseudo` and the predictions of segmenter `config.segment`
     where the run has them; an image missing from one of them is shown as "–"."""
     index = run.dataset()
-    cam_file, mask_dir, prediction_dir = (artifact.path if artifact.exists() else None for artifact in (
-        run.cams(config.split), run.pseudo(config.pseudo), run.predictions(config.segment, config.split)))
-    eval_files = sorted(run.eval_dir.glob("*.json"))
+    sources = Sources.of(run, config)
     samples = _choose_samples(index, config)
     output = run.report
 
     def work() -> dict:
-        results = [read_json(path, "evaluation result") for path in eval_files]
-        cams = CamReader(cam_file) if cam_file is not None else None
-        try:
-            rows = [_sample_row(sample, cams, mask_dir, prediction_dir) for sample in samples]
-        finally:
-            if cams is not None:
-                cams.close()
-        page = _page(run, index, config, results, run.manifest(), rows, stale_results(run))
-        with atomic_path(output) as tmp:
-            tmp.write_text(page, encoding="utf-8")
-        return {"num_samples": len(samples), "num_results": len(results)}
+        body = _run_sections(run, index, config, sources, samples, heading=2)
+        _write_page(output, f"wsss report: {run.root.name}", body)
+        return {"num_samples": len(samples), "num_results": len(sources.eval_files)}
 
-    inputs = [run.dataset_index.path, run.manifest_path, *eval_files,
-              *(path for path in (cam_file, mask_dir, prediction_dir) if path is not None)]
+    inputs = [run.dataset_index.path, run.manifest_path, *sources.paths()]
     return run.execute(Stage("report", config, inputs, [output], work), force)
 
 
+def report_runs(runs: list[Run], config: ReportConfig, out: Path) -> None:
+    """Write one page comparing `runs` to `out`: their headline numbers, their CAM threshold curves in one plot,
+    then each run's own sections. It belongs to no run, so it is not recorded in a manifest and always written."""
+    names = run_names(runs)
+    results = {name: load_results(run) for name, run in zip(names, runs)}
+    parts = ["<h2>Headline numbers</h2>", _headline_html(runs, names),
+             '<div class="plots">', _threshold_plot(results), "</div>"]
+    for name, run in zip(names, runs):
+        index = run.dataset()
+        sources = Sources.of(run, config)
+        parts += [f'<section class="run"><h2>Run {html.escape(name)}</h2>',
+                  f"<p>{html.escape(str(run.root))}</p>",
+                  _run_sections(run, index, config, sources, _choose_samples(index, config), heading=3),
+                  "</section>"]
+    _write_page(out, f"wsss report: {', '.join(names)}", "\n".join(parts))
+
+
+def run_names(runs: list[Run]) -> list[str]:
+    """How the page names each run: its folder's name, or its whole path where two runs share a folder name."""
+    short = [run.root.name for run in runs]
+    return [name if short.count(name) == 1 else str(run.root) for name, run in zip(short, runs)]
+
+
 def _choose_samples(index: DatasetIndex, config: ReportConfig) -> list[Sample]:
-    """`num_samples` images with a ground-truth mask, picked by the seed, in split order."""
-    labelled = [sample for sample in index.split(config.split) if sample.mask]
-    chosen = random.Random(config.seed).sample(range(len(labelled)), min(config.num_samples, len(labelled)))
-    return [labelled[position] for position in sorted(chosen)]
+    """`num_samples` images of the split (with or without a ground-truth mask), picked by the seed, in split
+    order."""
+    images = index.split(config.split)
+    chosen = random.Random(config.seed).sample(range(len(images)), min(config.num_samples, len(images)))
+    return [images[position] for position in sorted(chosen)]
 
 
 # ---- pictures ----
@@ -100,12 +144,14 @@ def _fit_heat(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _sample_row(sample: Sample, cams: CamReader | None, mask_dir: Path | None,
-                prediction_dir: Path | None) -> tuple[str, list[str | None]]:
-    """The sample id and its five pictures as data URIs (None where the artifact lacks the image)."""
+                prediction_dir: Path | None) -> tuple[Sample, list[str | None]]:
+    """The sample and its five pictures as data URIs (None where the sample has no ground truth or the
+    artifact lacks the image)."""
     image = load_image(sample.image)
     shape = image.shape[:2]
     pictures: list[str | None] = [png_data_uri(image)]
-    pictures.append(png_data_uri(mask_overlay(image, _fit_mask(load_mask(sample.mask), shape))))
+    pictures.append(png_data_uri(mask_overlay(image, _fit_mask(load_mask(sample.mask), shape)))
+                    if sample.mask else None)
     if cams is not None and sample.id in cams:
         maps, _ = cams.read(sample.id)
         heat = maps.max(axis=0) if len(maps) else np.zeros(maps.shape[1:], np.float32)
@@ -118,32 +164,52 @@ def _sample_row(sample: Sample, cams: CamReader | None, mask_dir: Path | None,
             pictures.append(png_data_uri(mask_overlay(image, _fit_mask(load_mask(path), shape))))
         else:
             pictures.append(None)
-    return sample.id, pictures
+    return sample, pictures
 
 
 # ---- HTML ----
 
-def _page(run: Run, index: DatasetIndex, config: ReportConfig, results: list[dict], manifest: dict,
-          rows: list[tuple[str, list[str | None]]], stale: dict[str, str]) -> str:
-    title = f"wsss report: {run.root.name}"
-    parts = [
+def _write_page(path: Path, title: str, body: str) -> None:
+    page = "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        body,
+        "</body></html>",
+    ]) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def _run_sections(run: Run, index: DatasetIndex, config: ReportConfig, sources: Sources, samples: list[Sample],
+                  heading: int) -> str:
+    """One run's part of the page, its section titles at level `heading` (2 on a run's own page)."""
+    results = [read_json(path, "evaluation result") for path in sources.eval_files]
+    stale = stale_results(run)
+    manifest = run.manifest()
+    cams = CamReader(sources.cam_file) if sources.cam_file is not None else None
+    try:
+        rows = [_sample_row(sample, cams, sources.mask_dir, sources.prediction_dir) for sample in samples]
+    finally:
+        if cams is not None:
+            cams.close()
+    title = f"h{heading}"
+    return "\n".join([
         f"<p>dataset {html.escape(index.name)} ({html.escape(index.format)}), "
         f"{len(index.class_names) - 1} foreground classes</p>",
-        "<h2>Evaluation</h2>",
+        f"<{title}>Evaluation</{title}>",
         _results_html(results, stale),
         _per_class_html(results),
-        "<h2>Stages</h2>",
+        _evaluation_plots(results, stale),
+        f"<{title}>Training</{title}>",
+        _training_html(manifest),
+        f"<{title}>Stages</{title}>",
         _stages_html(manifest),
-        f"<h2>Samples of split {html.escape(config.split)}</h2>",
+        f"<{title}>Samples of split {html.escape(config.split)}</{title}>",
         _legend_html(index.class_names),
-        _samples_html(rows, config.split),
-        "</body></html>",
-    ]
-    return "\n".join(parts) + "\n"
+        _samples_html(rows, index.class_names, config.split),
+    ])
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -170,11 +236,11 @@ def _results_html(results: list[dict], stale: dict[str, str]) -> str:
             MISSING if threshold is None else f"{threshold:.2f}",
             percent(result.get("coverage")),
             percent(result.get("miou_confident")),
-            _curve_svg(result["curve"]) if "curve" in result else MISSING,
-            html.escape(f"stale: {stale[result['name']]}") if result["name"] in stale else "",
+            f'<span class="stale">{html.escape("stale: " + stale[result["name"]])}</span>'
+            if result["name"] in stale else "yes",
         ])
     headers = ["name", "kind", "split", "images", "mIoU %", "pixel acc %", "best thr", "coverage %",
-               "mIoU confident %", "mIoU vs threshold", "up to date"]
+               "mIoU confident %", "up to date"]
     return _table(headers, rows)
 
 
@@ -190,29 +256,137 @@ def _per_class_html(results: list[dict]) -> str:
     return _table(["IoU % per class"] + [str(result["name"]) for result in results], rows)
 
 
-def _curve_svg(curve: list[list[float | None]], width: int = 200, height: int = 60) -> str:
-    """mIoU (0..1, bottom to top) against threshold as an inline SVG polyline, the best point marked."""
-    points = [(threshold, miou) for threshold, miou in curve if miou is not None]
-    if not points:
+def _plot_title(result: dict, what: str, stale: dict[str, str]) -> str:
+    return f"{result['name']}: {what}" + (" (stale)" if result["name"] in stale else "")
+
+
+def _evaluation_plots(results: list[dict], stale: dict[str, str]) -> str:
+    """The CAM threshold curves, where the errors go, and a confusion matrix per evaluation. Results written
+    before the error shares and the confusion matrix were recorded simply have no such plot."""
+    plots = [_threshold_curve(result, _plot_title(result, "mIoU vs background threshold", stale))
+             for result in results if result.get("curve")]
+    with_errors = [result for result in results if "errors" in result]
+    if with_errors:
+        plots.append(_errors_chart(with_errors))
+    plots += [_confusion_heat_map(result, _plot_title(result, _confusion_caption(result), stale))
+              for result in results if "confusion" in result]
+    return f'<div class="plots">{"".join(plots)}</div>' if plots else ""
+
+
+def _curve_points(curve: list[list[float | None]]) -> list[tuple[float, float]]:
+    """(threshold, mIoU %) of a CAM evaluation's curve, without the thresholds whose mIoU is undefined."""
+    return [(threshold, 100 * miou) for threshold, miou in curve if miou is not None]
+
+
+def _threshold_curve(result: dict, title: str) -> str:
+    """One CAM evaluation's mIoU against the background threshold, the chosen threshold marked."""
+    best, miou = result.get("best_threshold"), result.get("miou")
+    markers = (Marker(best, 100 * miou, f"best {best:.2f}: {100 * miou:.1f}%"),) if None not in (best, miou) else ()
+    return line_plot([Series("mIoU", _curve_points(result["curve"]))], title=title, x_label="background threshold",
+                     y_label="mIoU %", markers=markers)
+
+
+def _threshold_plot(results: dict[str, list[dict]]) -> str:
+    """Every run's CAM threshold curves in one plot (several runs' page)."""
+    series = [Series(f"{run_name}: {result['name']}", _curve_points(result["curve"]))
+              for run_name, run_results in results.items() for result in run_results if result.get("curve")]
+    if not series:
+        return "<p>No run has a CAM evaluation with a threshold curve.</p>"
+    return line_plot(series, title="CAM mIoU vs background threshold", x_label="background threshold",
+                     y_label="mIoU %")
+
+
+# What each error share counts (see `ConfusionMatrix.error_shares`), as the chart's legend says it.
+ERROR_KINDS = {"missed": "missed: object pixels predicted background",
+               "confused": "confused: object pixels given another object",
+               "spill": "spill: object predictions on background"}
+
+
+def _errors_chart(results: list[dict]) -> str:
+    """Each evaluation's missed / confused / spill shares."""
+    shares = {legend: [None if result["errors"].get(kind) is None else 100 * result["errors"][kind]
+                       for result in results] for kind, legend in ERROR_KINDS.items()}
+    return bar_chart([str(result["name"]) for result in results], shares, title="Where the errors go",
+                     x_label="share %", y_label="evaluation", x_range=(0, 100))
+
+
+def _confusion_caption(result: dict) -> str:
+    threshold = result.get("best_threshold")
+    return "confusion" + ("" if threshold is None else f" at threshold {threshold:.2f}")
+
+
+def _confusion_heat_map(result: dict, title: str) -> str:
+    """The evaluation's confusion matrix, each ground-truth row as shares of its pixels."""
+    counts = result["confusion"]
+    shares = [[count / sum(row) if sum(row) else None for count in row] for row in counts]
+    return heat_map(shares, counts, list(result["per_class"]), title=title, x_label="predicted class",
+                    y_label="ground-truth class")
+
+
+def _training_html(manifest: dict) -> str:
+    """Per training stage, its losses and its validation metrics per epoch, as the stage recorded them in the
+    manifest (runs trained before that was recorded have none)."""
+    stages = {key: entry for key, entry in manifest.get("stages", {}).items() if key.startswith(TRAINING_STAGES)}
+    if not stages:
+        return "<p>No training stage has run yet.</p>"
+    parts = []
+    for key, entry in stages.items():
+        history = entry.get("metrics", {}).get("history")
+        if not history:
+            parts.append(f"<p>{html.escape(key)}: no per-epoch history recorded.</p>")
+            continue
+        names = list(dict.fromkeys(name for epoch in history for name in epoch if name != "seconds"))
+        losses = [name for name in names if not name.startswith("val_")]
+        validation = [name for name in names if name.startswith("val_")]
+        plots = [_epoch_plot(history, losses, f"{key}: training loss", "loss", None)]
+        if validation:
+            plots.append(_epoch_plot(history, validation, f"{key}: validation", "%", (0, 100)))
+        parts.append(f'<div class="plots">{"".join(plots)}</div>')
+    return "\n".join(parts)
+
+
+def _epoch_plot(history: list[dict], names: list[str], title: str, y_label: str,
+                y_range: tuple[float, float] | None) -> str:
+    """The named per-epoch values against the epoch (1, 2, ...); `y_range` (0..100) plots them as percentages."""
+    scale = 100 if y_range else 1
+    series = [Series(name, [(epoch, scale * values[name]) for epoch, values in enumerate(history, start=1)
+                            if values.get(name) is not None]) for name in names]
+    return line_plot(series, title=title, x_label="epoch", y_label=y_label, y_range=y_range, integer_x=True)
+
+
+def _headline_html(runs: list[Run], names: list[str]) -> str:
+    """The runs' headline numbers (`stages.results.headline`), one column per run."""
+    numbers = [headline(run) for run in runs]
+    keys = list(dict.fromkeys(key for run_numbers in numbers for key in run_numbers if key != "seconds"))
+    rows = [[html.escape(_headline_label(key))] + [_headline_value(key, run_numbers.get(key))
+                                                   for run_numbers in numbers] for key in keys]
+    return _table(["result"] + names, rows)
+
+
+def _headline_label(key: str) -> str:
+    """What a key of `stages.results.headline` is, for the table's first column."""
+    if key == "classifier_val_map":
+        return "classifier val mAP %"
+    if key == "weak_over_full":
+        return "segmenter: pseudo masks / ground truth"
+    if key == "total_seconds":
+        return "total stage time (s)"
+    if key.endswith("_miou"):
+        return f"{key.removesuffix('_miou')} mIoU %"
+    return f"{key.removesuffix('_best_threshold')} best threshold"
+
+
+def _headline_value(key: str, value: float | None) -> str:
+    """A headline number as the tables show it: scores in %, the weak/full ratio and thresholds as fractions."""
+    if value is None:
         return MISSING
-    low, high = points[0][0], points[-1][0]
-    span = (high - low) or 1.0
-
-    def position(threshold: float, miou: float) -> tuple[float, float]:
-        return 2 + (width - 4) * (threshold - low) / span, 2 + (height - 4) * (1 - miou)
-
-    polyline = " ".join("{:.1f},{:.1f}".format(*position(*point)) for point in points)
-    best = max(points, key=lambda point: point[1])
-    best_x, best_y = position(*best)
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}">'
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fafafa" stroke="#ccc"/>'
-        f'<polyline points="{polyline}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>'
-        f'<circle cx="{best_x:.1f}" cy="{best_y:.1f}" r="3" fill="#d62728"/>'
-        f"<title>thresholds {low:.2f}-{high:.2f}; best {best[0]:.2f} at {100 * best[1]:.1f}% mIoU</title>"
-        "</svg>"
-    )
+    if key == "classifier_val_map" or key.endswith("_miou"):
+        return percent(value)
+    if key == "weak_over_full":
+        return f"{value:.3f}"
+    if key == "total_seconds":
+        return f"{value:.1f}"
+    return f"{value:.2f}"
 
 
 def _stages_html(manifest: dict) -> str:
@@ -235,17 +409,19 @@ def _legend_html(class_names: list[str]) -> str:
     return "<p>" + "".join(items) + "</p>"
 
 
-def _samples_html(rows: list[tuple[str, list[str | None]]], split: str) -> str:
+def _samples_html(rows: list[tuple[Sample, list[str | None]]], class_names: list[str], split: str) -> str:
     if not rows:
-        return f"<p>Split {html.escape(split)} has no image with a ground-truth mask to show.</p>"
+        return f"<p>Split {html.escape(split)} has no images to show.</p>"
     headers = ["image", "ground truth", "CAM", "pseudo mask", "prediction"]
     body = []
-    for sample_id, pictures in rows:
+    for sample, pictures in rows:
         cells = "".join(
             f'<td><img src="{uri}" alt="{html.escape(header)}"></td>' if uri
             else f'<td class="missing">{MISSING}</td>'
             for header, uri in zip(headers, pictures)
         )
-        body.append(f"<tr><th>{html.escape(sample_id)}</th>{cells}</tr>")
-    head = "<th>id</th>" + "".join(f"<th>{header}</th>" for header in headers)
+        labels = ", ".join(class_names[label] for label in sample.labels) or "no labels"
+        body.append(f'<tr><th>{html.escape(sample.id)}<span class="labels">{html.escape(labels)}</span></th>'
+                    f"{cells}</tr>")
+    head = "<th>id (labels)</th>" + "".join(f"<th>{header}</th>" for header in headers)
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"

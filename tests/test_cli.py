@@ -187,6 +187,13 @@ def test_bad_values_are_one_line_errors(tmp_path):
     assert_one_line_error(invoke("evaluate", "bogus", "--run", tmp_path), "bogus")
 
 
+def test_a_report_of_several_runs_needs_out_and_runs(tmp_path):
+    assert_one_line_error(invoke("report", "--run", tmp_path / "a", "--run", tmp_path / "b"), "--out")
+    assert_one_line_error(invoke("report", "--run", tmp_path / "a", "--run", tmp_path / "b", "--out",
+                                 tmp_path / "page.html"), "no wsss run at")
+    assert not (tmp_path / "page.html").exists()
+
+
 def test_cuda_without_a_gpu_is_a_user_error(tmp_path):
     import torch
 

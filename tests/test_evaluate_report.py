@@ -10,12 +10,13 @@ from stages.core.camstore import CamWriter
 from stages.core.errors import UserError
 from stages.core.io import save_mask
 from stages.config import EvaluateConfig, ReportConfig
-from stages.core.io import read_json
+from stages.core.io import read_json, write_json
 from stages.core.runs import Run
 from stages.data.index import DatasetIndex, Sample
 from stages.evaluate import evaluate, labelled_samples, score_cams
 from stages.core.overlays import jet
-from stages.report import report
+from stages.plots import nice_ticks
+from stages.report import report, report_runs
 from stages.results import per_class_table, results_table
 from stages.metrics import DEFAULT_THRESHOLDS
 
@@ -213,8 +214,74 @@ def test_report(run):
     assert page.count("data:image/png;base64,") == 14
     assert page.count('<td class="missing">') == 1
     assert "b&lt;i&gt;" in page and "b<i>" not in page
+    # each sample's labels under its id: img2 has both classes
+    assert '>img2<span class="labels">a, b&lt;i&gt;</span>' in page
+    # the CAM curve (the best threshold marked), the error shares, a confusion matrix per evaluation
+    assert page.count('<svg class="plot"') == 4
+    assert "best 0.00: 100.0%" in page and "Where the errors go" in page
+    assert page.count('class="axis-label"') == 4 * 2
+    # a point per threshold, a bar per error share of each evaluation (a share of 0 too), a cell per class pair
+    assert page.count('class="point"') == len(DEFAULT_THRESHOLDS) + 2 * 3 + 2 * 9
+    assert "No training stage has run yet" in page
     stage = run.manifest()["stages"]["report"]
     assert stage["outputs"] == ["report.html"] and stage["metrics"]["num_samples"] == 3
+
+
+def test_report_shows_images_without_ground_truth(run):
+    report(run, ReportConfig(split="test"))
+    page = run.report.read_text()
+    assert '>img9<span class="labels">a</span>' in page
+    # the image, then "–" for its ground truth and for the CAM, pseudo mask and prediction the run lacks
+    assert page.count("data:image/png;base64,") == 1 and page.count('<td class="missing">') == 4
+
+
+def add_training_stage(run: Run, key: str, metrics: dict) -> None:
+    """A training stage's manifest entry, as the training stages record it."""
+    manifest = run.manifest()
+    manifest["stages"][key] = {"started": "2026-01-01T00:00:00+00:00", "seconds": 1.0, "metrics": metrics}
+    write_json(run.manifest_path, manifest)
+
+
+def test_report_plots_the_recorded_training_history(run):
+    history = [{"cls": 0.7, "val_map": 0.5, "val_f1": 0.4, "seconds": 2.0},
+               {"cls": 0.5, "val_map": 0.6, "val_f1": 0.5, "seconds": 2.0},
+               {"cls": 0.4, "val_map": 0.8, "val_f1": 0.6, "seconds": 2.0}]
+    add_training_stage(run, "train-cam", {"val_map": 0.8, "history": history})
+    add_training_stage(run, "segment/gt", {"final_loss": 0.3})  # recorded before the history was
+    report(run, ReportConfig(num_samples=1))
+    page = run.report.read_text()
+    assert "train-cam: training loss" in page and "train-cam: validation" in page
+    # the loss (one series, no legend) and the two validation metrics in % (a legend), 3 epochs each
+    assert page.count('<svg class="plot"') == 2 and page.count('class="point"') == 3 * 3
+    assert '<text class="legend"' in page and ">val_map<" in page and "<title>seconds:" not in page
+    assert "segment/gt: no per-epoch history recorded." in page
+
+
+def test_several_runs_on_one_page(run, tmp_path):
+    write_perfect_cams(run.path("cams", "train.h5"))
+    evaluated(run, "cams")
+    other = Run(tmp_path / "other")
+    other.path("dataset.json").parent.mkdir(parents=True, exist_ok=True)
+    other.path("dataset.json").write_text(run.dataset_index.path.read_text())
+    add_training_stage(other, "train-cam", {"val_map": 0.25})
+    out = tmp_path / "pages" / "compare.html"
+    report_runs([run, other], ReportConfig(num_samples=1), out)
+    page = out.read_text()
+    assert "wsss report: run, other" in page and "Run run" in page and "Run other" in page
+    # headline numbers, a column per run
+    assert "<th>run</th><th>other</th>" in page
+    assert "<td>classifier val mAP %</td><td>–</td><td>25.0</td>" in page
+    assert "<td>cams_train mIoU %</td><td>100.0</td><td>–</td>" in page
+    # the overlaid CAM curves, then the run's own CAM curve, errors and confusion
+    assert page.count('<svg class="plot"') == 1 + 3 and ">run: cams_train<" not in page  # one series: no legend
+    assert not run.report.exists() and not other.report.exists()
+
+
+def test_nice_ticks_cover_the_range_with_round_steps():
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(9.05, 11.3) == [9.0, 9.5, 10.0, 10.5, 11.0, 11.5]
+    assert nice_ticks(1, 3) == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert nice_ticks(2, 2) == [2]
 
 
 def test_report_without_artifacts_is_deterministic(run):

@@ -517,7 +517,11 @@ def evaluate(
 @app.command("report")
 @user_errors
 def report(
-    run: RunOption = DEFAULT_RUN,
+    runs: Annotated[Optional[list[Path]], typer.Option(
+        "--run", help="Run folder; repeat it to compare several runs on one page (written to --out).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Write one page for the runs given (their headline numbers side by side, then each run's part) to this "
+             "file, instead of RUN/report.html; needed with several --run.")] = None,
     split: Annotated[str, typer.Option(help="Split whose images the sample rows show.")] = REPORT.split,
     pseudo: Annotated[str, typer.Option(help="Pseudo masks to show (their set name, e.g. crf).")] = REPORT.pseudo,
     segment_tag: Annotated[str, typer.Option("--segment", help="Segmenter whose predictions to show (its TAG).")]
@@ -526,11 +530,23 @@ def report(
     seed: SeedOption = REPORT.seed,
     force: ForceOption = False,
 ):
-    """Write RUN/report.html: metrics, timings and image | GT | CAM | pseudo mask | prediction overlays."""
+    """Write RUN/report.html: evaluations with plots (mIoU vs threshold, errors, confusion matrices), training curves,
+    timings and image | GT | CAM | pseudo mask | prediction rows; with several --run, one page comparing them."""
     config = ReportConfig(split=split, pseudo=pseudo, segment=segment_tag, num_samples=samples, seed=seed)
+    from stages.core.console import console
     from stages.report import report as stage
+    from stages.report import report_runs
+    from stages.results import require_run
 
-    stage(_run(run), config, force=force)
+    folders = runs or [DEFAULT_RUN]
+    if out is None:
+        if len(folders) > 1:
+            raise UserError(f"{len(folders)} runs make one page that belongs to none of them: name its file "
+                            "with --out")
+        stage(_run(folders[0]), config, force=force)
+        return
+    report_runs([require_run(_run(folder)) for folder in folders], config, out)
+    console.print(f"report wrote {out}")
 
 
 # ----------------------------------------------------------------------------------------------- summary

@@ -206,6 +206,12 @@ def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
     return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
 
 
+def epoch_history(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The per-epoch metrics for the stage's manifest entry (the report plots them from there, without loading the
+    checkpoint), rounded to keep the manifest small."""
+    return [{name: round(value, 4) for name, value in epoch.items()} for epoch in history]
+
+
 def log_epoch(epoch: int, epochs: int, values: dict[str, float]) -> None:
     text = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
     console.print(f"epoch {epoch + 1}/{epochs}  {text}")

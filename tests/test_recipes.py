@@ -102,3 +102,119 @@ def test_a_value_the_stage_config_refuses_names_the_file_and_key(tmp_path):
 def test_a_missing_config_file_is_one_line(tmp_path):
     error = one_error(invoke("train-cam", "--config", tmp_path / "none.toml", "--run", tmp_path / "run"))
     assert error == f"error: config file not found: {tmp_path / 'none.toml'}"
+
+
+# --- the shipped recipes ------------------------------------------------------------------------------------------
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
+METHOD_OPTIONS = {  # (command, option): (the registry whose entry takes it, the option naming the entry)
+    ("train-cam", "option"): ("CAM_METHODS", "method"), ("train-cam", "aux_option"): ("CAM_ADDONS", "aux"),
+    ("segment", "option"): ("SEGMENT_METHODS", "method"),
+    ("segment", "contrast_option"): ("SEGMENT_CONTRASTS", "contrast"),
+    ("train-affinity", "option"): ("AFFINITY_METHODS", "method"),
+}
+
+
+def parsed(args: list[str]):
+    """The Click context of one command line, parsed (its --config file read and checked) but not run."""
+    context, command = ROOT.context_class(ROOT, info_name="wsss"), ROOT
+    args = list(args)
+    while hasattr(command, "commands"):
+        name = args.pop(0)
+        command = command.commands[name]
+        if hasattr(command, "commands"):
+            context = command.context_class(command, info_name=name, parent=context)
+    return command.make_context(command.name, args, parent=context)
+
+
+def test_there_are_recipes():
+    assert {"irn-voc", "seam-voc", "ppc-voc", "l2g-voc", "mcic-voc"} <= {path.stem for path in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_every_step_of_a_recipe_parses_with_its_config(recipe, tmp_path):
+    """Each step's command line with the recipe as its --config: every table, key and value of the file is checked
+    (as for any --config), the step's own options too, and the method options (-o ...) are the method's."""
+    import stages.registry
+    from stages.methods import method_options
+    from wsss_cli.recipes import recipe_steps
+
+    steps = recipe_steps(recipe, str(tmp_path / "VOC2012"), tmp_path / "run")
+    for step in steps:
+        context = parsed(step)
+        for (command, option), (registry, entry) in METHOD_OPTIONS.items():
+            values = context.params.get(option)
+            if context.info_name == command and values:
+                chosen = getattr(stages.registry, registry).get(context.params[entry])
+                method_options(chosen.Options, dict(value.split("=", 1) for value in values), f"{recipe.name}")
+
+
+def test_reproduce_dry_run_prints_the_chain(tmp_path):
+    result = invoke("reproduce", "irn-voc", tmp_path / "VOC2012", "--run", tmp_path / "run", "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"wsss data voc {tmp_path / 'VOC2012'} --config recipes/irn-voc.toml --run {tmp_path / 'run'}"
+    assert any(line.startswith("wsss train-affinity --config recipes/irn-voc.toml") for line in lines)
+    assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_names_an_unknown_recipe(tmp_path):
+    error = one_error(invoke("reproduce", "irn-vco", tmp_path, "--dry-run"))
+    assert error.startswith("error: unknown recipe 'irn-vco': choose one of ") and "irn-voc" in error
+
+
+def tiny_voc(root: Path) -> Path:
+    """A VOC-layout tree: 8 images of 40x48 px with one or two coloured squares (cat = 8, dog = 12) on noise."""
+    import numpy as np
+    from PIL import Image
+
+    voc, rng = root / "VOCdevkit" / "VOC2012", np.random.default_rng(0)
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation", "ImageSets/SegmentationAug"):
+        (voc / folder).mkdir(parents=True)
+    ids = [f"2007_00000{i}" for i in range(8)]
+    for number, sample_id in enumerate(ids):
+        image = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
+        mask = np.zeros((40, 48), np.uint8)
+        for class_id, colour, top in ((8, (230, 60, 40), 4), (12, (40, 90, 230), 20))[: 1 + number % 2]:
+            left = 4 + 5 * (number % 4)
+            image[top:top + 14, left:left + 16] = colour
+            mask[top:top + 14, left:left + 16] = class_id
+        Image.fromarray(image).save(voc / "JPEGImages" / f"{sample_id}.jpg", quality=95)
+        Image.fromarray(mask, mode="L").save(voc / "SegmentationClassAug" / f"{sample_id}.png")
+    (voc / "ImageSets/SegmentationAug/train_aug.txt").write_text("\n".join(ids[:6]) + "\n")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:4]) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[6:]) + "\n")
+    return voc
+
+
+# Command-line options that scale a recipe down to the tiny tree on a CPU: they follow the step's own, so they win.
+TRAINING = ["--epochs", "1", "--batch-size", "2", "--base-size", "48", "--crop-size", "32", "--workers", "0",
+            "--device", "cpu"]
+SMALL = {
+    ("data", "voc"): ["--workers", "1"],
+    ("train-cam",): TRAINING + ["--backbone", "resnet10", "--pretrained", "none", "--output-stride", "16"],
+    ("infer-cam",): ["--scales", "1.0", "--workers", "0", "--device", "cpu"],
+    ("train-affinity",): TRAINING + ["--backbone", "", "--pretrained", "cam"],
+    ("pseudo-label",): ["--workers", "1"],
+    ("segment",): TRAINING + ["--backbone", "resnet10", "--pretrained", "none", "--output-stride", "16",
+                              "--aspp-rates", "1,2", "--no-crf"],
+}
+
+
+def test_the_irn_recipe_scaled_down_runs_end_to_end(tmp_path):
+    from wsss_cli.recipes import recipe_steps
+
+    run = tmp_path / "run"
+    for step in recipe_steps(RECIPES[[path.stem for path in RECIPES].index("irn-voc")], str(tiny_voc(tmp_path)),
+                             run):
+        command = tuple(step[:2]) if step[0] == "data" else (step[0],)
+        result = invoke(*step, *SMALL.get(command, []))
+        assert result.exit_code == 0, (step, result.output)
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    train_cam = stages["train-cam"]["config"]
+    assert train_cam["epochs"] == 1 and train_cam["crop_size"] == 32  # the command line's
+    assert train_cam["train_split"] == "train_aug" and train_cam["lr"] == 0.1  # the recipe's
+    segment = stages["segment/pseudo-rw"]["config"]
+    assert segment["weight_decay"] == 5e-4 and segment["lr"] == 2.5e-4 and segment["train_split"] == "train_aug"
+    assert stages["pseudo-label/rw"]["config"]["fg_threshold"] == 0.25  # the step's own option
+    assert stages["pseudo-label/crf"]["config"]["fg_threshold"] == 0.30  # the recipe's [pseudo-label]
+    assert (run / "eval" / "segment-pseudo-rw-memory_val.json").is_file()

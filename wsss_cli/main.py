@@ -566,6 +566,24 @@ def summary(
         console.print(table)
 
 
+# ----------------------------------------------------------------------------------------------- reproduce
+@app.command("reproduce")
+@user_errors
+def reproduce(
+    recipe: Annotated[str, typer.Argument(help="A recipe in recipes/ (e.g. irn-voc, seam-voc) or a TOML file with "
+                                               "a [reproduce] table.")],
+    data: Annotated[str, typer.Argument(help="The dataset root the recipe's data step reads (e.g. the VOC2012 "
+                                             "folder).")],
+    run: RunOption = DEFAULT_RUN,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands and run none of them.")] = False,
+):
+    """Run a paper's chain of commands from a recipe, each with --config RECIPE and --run RUN; stops at the first
+    step that fails."""
+    from .recipes import reproduce as chain
+
+    raise typer.Exit(chain(recipe, data, run, dry_run))
+
+
 def _run(folder: Path):
     from stages.core.runs import Run
 

@@ -105,7 +105,8 @@ def test_a_missing_config_file_is_one_line(tmp_path):
 
 
 # --- the shipped recipes ------------------------------------------------------------------------------------------
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = sorted(RECIPE_DIR.glob("*.toml"))
 METHOD_OPTIONS = {  # (command, option): (the registry whose entry takes it, the option naming the entry)
     ("train-cam", "option"): ("CAM_METHODS", "method"), ("train-cam", "aux_option"): ("CAM_ADDONS", "aux"),
     ("segment", "option"): ("SEGMENT_METHODS", "method"),
@@ -157,6 +158,15 @@ def test_reproduce_dry_run_prints_the_chain(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_reproduce_runs_each_step_and_stops_at_the_first_that_fails(tmp_path):
+    recipe = write(tmp_path / "two.toml", "[reproduce]\nsteps = [\"data synth\", \"evaluate cams --split train\"]\n\n"
+                                         "[data.synth]\nnum-train = 2\nnum-val = 1\nimage-size = 32\nworkers = 1\n")
+    result = invoke("reproduce", recipe, "unused", "--run", tmp_path / "run")
+    assert result.exit_code == 2, result.output  # the failing step's status
+    assert (tmp_path / "run" / "dataset.json").is_file()  # the first step ran, with the recipe's values
+    assert "reproduce: stopped at step 2 of 2" in result.output
+
+
 def test_reproduce_names_an_unknown_recipe(tmp_path):
     error = one_error(invoke("reproduce", "irn-vco", tmp_path, "--dry-run"))
     assert error.startswith("error: unknown recipe 'irn-vco': choose one of ") and "irn-voc" in error
@@ -204,8 +214,7 @@ def test_the_irn_recipe_scaled_down_runs_end_to_end(tmp_path):
     from wsss_cli.recipes import recipe_steps
 
     run = tmp_path / "run"
-    for step in recipe_steps(RECIPES[[path.stem for path in RECIPES].index("irn-voc")], str(tiny_voc(tmp_path)),
-                             run):
+    for step in recipe_steps(RECIPE_DIR / "irn-voc.toml", str(tiny_voc(tmp_path)), run):
         command = tuple(step[:2]) if step[0] == "data" else (step[0],)
         result = invoke(*step, *SMALL.get(command, []))
         assert result.exit_code == 0, (step, result.output)

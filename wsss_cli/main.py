@@ -570,7 +570,7 @@ def summary(
 @app.command("reproduce")
 @user_errors
 def reproduce(
-    recipe: Annotated[str, typer.Argument(help="A recipe in recipes/ (e.g. irn-voc, seam-voc) or a TOML file with "
+    recipe: Annotated[str, typer.Argument(help="A recipe in recipes/ (e.g. irn-voc, seam-voc) or a .toml file with "
                                                "a [reproduce] table.")],
     data: Annotated[str, typer.Argument(help="The dataset root the recipe's data step reads (e.g. the VOC2012 "
                                              "folder).")],

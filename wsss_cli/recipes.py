@@ -25,12 +25,11 @@ def shipped_recipes() -> list[str]:
 
 
 def recipe_file(recipe: str) -> Path:
-    """A shipped recipe's name (`irn-voc`) or the path of a TOML file."""
-    path = Path(recipe)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise UserError(f"recipe file not found: {path}")
-        return path
+    """A shipped recipe's name (`irn-voc`) or the path of a .toml file."""
+    if recipe.endswith(".toml"):
+        if not Path(recipe).is_file():
+            raise UserError(f"recipe file not found: {recipe}")
+        return Path(recipe)
     shipped = RECIPES / f"{recipe}.toml"
     if not shipped.is_file():
         raise UserError(f"unknown recipe {recipe!r}: choose one of {', '.join(shipped_recipes())} or give a "

@@ -28,7 +28,6 @@ from .options import (DEFAULT_RUN, AmpOption, DeviceOption, ForceOption, ResumeO
                       training_options)
 
 
-
 class OneLineErrors(TyperGroup):
     """Click's own errors (a value an option refuses, an unknown option, a missing argument) as one `error:` line
     with exit status 2, like the stages' errors, instead of a usage box."""

@@ -13,7 +13,7 @@ DATA_OPTIONS ?=
 CAM_OPTIONS ?=
 SEGMENT_OPTIONS ?=
 
-.PHONY: all venv test bench bench-throughput clean
+.PHONY: all venv test reproduce bench bench-throughput clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ all: $(STAMP)
 	$(WSSS) evaluate segment/pseudo-crf --run $(RUN) --split val
 	$(WSSS) report --run $(RUN) --split train
 	$(WSSS) summary --run $(RUN)
+
+# A paper's chain on real data with its recipe (recipes/RECIPE.toml; README "Reproduce the papers"), into
+# runs/RECIPE unless RUN=DIR is given; DRY_RUN=1 prints the commands instead of running them.
+RECIPE ?=
+DATA ?=
+reproduce: $(STAMP)
+	$(if $(and $(RECIPE),$(DATA)),,$(error usage: make reproduce RECIPE=irn-voc DATA=/path/to/VOC2012 [RUN=DIR] [DRY_RUN=1]))
+	$(WSSS) reproduce $(RECIPE) $(DATA) --run $(if $(filter command line,$(origin RUN)),$(RUN),runs/$(RECIPE)) $(if $(DRY_RUN),--dry-run)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -21,14 +21,11 @@ from stages.data.synth import SynthConfig
 from stages.registry import (AFFINITY_METHODS, CAM_ADDONS, CAM_METHODS, REFINEMENTS, SALIENCY_SOURCES,
                              SEGMENT_CONTRASTS, SEGMENT_METHODS)
 
+from .click_api import ClickException, NoArgsIsHelpError, UsageError
+from .config_file import config_file_option
 from .options import (DEFAULT_RUN, AmpOption, DeviceOption, ForceOption, ResumeOption, RunOption, SeedOption,
                       SkipBadOption, VerifyOption, WorkersOption, floats, ints, joined, key_values, names, pair,
                       training_options)
-
-# Click's exception classes, from whichever click Typer runs on (recent Typers vendor their own copy).
-_CLICK_ERRORS = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
-ClickException, UsageError = _CLICK_ERRORS["ClickException"], _CLICK_ERRORS["UsageError"]
-NoArgsIsHelpError = getattr(sys.modules[UsageError.__module__], "NoArgsIsHelpError", ())
 
 
 class OneLineErrors(TyperGroup):
@@ -132,6 +129,7 @@ def user_errors(command: Callable) -> Callable:
 # ----------------------------------------------------------------------------------------------- data
 @data_app.command("synth")
 @user_errors
+@config_file_option
 def data_synth(
     run: RunOption = DEFAULT_RUN,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the images (default RUN/synth). Reused if it "
@@ -175,6 +173,7 @@ def data_synth(
 
 @data_app.command("voc")
 @user_errors
+@config_file_option
 def data_voc(
     root: Annotated[Path, typer.Argument(help="VOC2012 folder, or a folder containing VOCdevkit/VOC2012.")],
     run: RunOption = DEFAULT_RUN,
@@ -194,6 +193,7 @@ def data_voc(
 
 @data_app.command("coco")
 @user_errors
+@config_file_option
 def data_coco(
     root: Annotated[Path, typer.Argument(help="COCO 2014 folder: annotations/instances_{train,val}2014.json and "
                                               "train2014/, val2014/ (or images/train2014/, ...).")],
@@ -218,6 +218,7 @@ def data_coco(
 
 @data_app.command("folder")
 @user_errors
+@config_file_option
 def data_folder(
     root: Annotated[Path, typer.Argument(help="Folder with images/ (or images directly) and labels.csv|json.")],
     run: RunOption = DEFAULT_RUN,
@@ -242,6 +243,7 @@ def data_folder(
 # ----------------------------------------------------------------------------------------------- train-cam
 @app.command("train-cam")
 @user_errors
+@config_file_option
 @training_options(CAM, CAM.model)
 def train_cam(
     run: RunOption = DEFAULT_RUN,
@@ -280,6 +282,7 @@ def train_cam(
 # ----------------------------------------------------------------------------------------------- infer-cam
 @app.command("infer-cam")
 @user_errors
+@config_file_option
 def infer_cam(
     run: RunOption = DEFAULT_RUN,
     split: Annotated[str, typer.Option(help="Split whose CAMs to write.")] = INFER.split,
@@ -307,6 +310,7 @@ def infer_cam(
 # ----------------------------------------------------------------------------------------------- saliency
 @app.command("saliency")
 @user_errors
+@config_file_option
 def saliency(
     run: RunOption = DEFAULT_RUN,
     split: Annotated[str, typer.Option(help="Split whose saliency maps to write.")] = SALIENCY.split,
@@ -326,6 +330,7 @@ def saliency(
 # ----------------------------------------------------------------------------------------------- train-affinity
 @app.command("train-affinity")
 @user_errors
+@config_file_option
 @training_options(AFFINITY, AFFINITY.model)
 def train_affinity(
     run: RunOption = DEFAULT_RUN,
@@ -355,6 +360,7 @@ def train_affinity(
 # ----------------------------------------------------------------------------------------------- pseudo-label
 @app.command("pseudo-label")
 @user_errors
+@config_file_option
 def pseudo_label(
     run: RunOption = DEFAULT_RUN,
     split: Annotated[str, typer.Option(help="Split whose CAMs become pseudo masks.")] = PSEUDO.split,
@@ -399,6 +405,7 @@ class Labels(str, Enum):
 
 @app.command("segment")
 @user_errors
+@config_file_option
 @training_options(SEG, SEG.model)
 def segment(
     run: RunOption = DEFAULT_RUN,
@@ -444,6 +451,7 @@ def segment(
 # ----------------------------------------------------------------------------------------------- predict
 @app.command("predict")
 @user_errors
+@config_file_option
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Images: files, folders of images, or .txt files listing image "
                                                      "paths (one per line, relative to the list).")],
@@ -490,6 +498,7 @@ def predict(
 # ----------------------------------------------------------------------------------------------- evaluate
 @app.command("evaluate")
 @user_errors
+@config_file_option
 def evaluate(
     target: Annotated[str, typer.Argument(help="cams, cams-raw, pseudo/SET (e.g. pseudo/crf), segment/TAG (e.g. "
                                                "segment/gt), or a folder of predicted PNG masks.")],
@@ -516,6 +525,7 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------- report
 @app.command("report")
 @user_errors
+@config_file_option
 def report(
     runs: Annotated[Optional[list[Path]], typer.Option(
         "--run", help="Run folder; repeat it to compare several runs on one page (written to --out).")] = None,
@@ -566,6 +576,24 @@ def summary(
     chosen = [require_run(_run(folder)) for folder in folders]
     for table in summary_tables(chosen[0]) if len(chosen) == 1 else [runs_table(chosen)]:
         console.print(table)
+
+
+# ----------------------------------------------------------------------------------------------- reproduce
+@app.command("reproduce")
+@user_errors
+def reproduce(
+    recipe: Annotated[str, typer.Argument(help="A recipe in recipes/ (e.g. irn-voc, seam-voc) or a .toml file with "
+                                               "a [reproduce] table.")],
+    data: Annotated[str, typer.Argument(help="The dataset root the recipe's data step reads (e.g. the VOC2012 "
+                                             "folder).")],
+    run: RunOption = DEFAULT_RUN,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands and run none of them.")] = False,
+):
+    """Run a paper's chain of commands from a recipe, each with --config RECIPE and --run RUN; stops at the first
+    step that fails."""
+    from .recipes import reproduce as chain
+
+    raise typer.Exit(chain(recipe, data, run, dry_run))
 
 
 def _run(folder: Path):

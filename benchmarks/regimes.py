@@ -15,6 +15,7 @@ IRN's fixed threshold. `--add-fitted` adds it to finished runs whose folders are
 
     python benchmarks/regimes.py [--regimes resnet10-scratch,lite0-imagenet] [--seeds 0,1,2] [--resume]
     python benchmarks/regimes.py --add-fitted
+    python benchmarks/regimes.py --table     # the table of benchmarks/README.md, from the results file
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from stages.core.runs import Run  # noqa: E402
 from stages.results import headline  # noqa: E402
 from methods import fitted_pseudo_masks  # noqa: E402  (benchmarks/, the script's folder)
-from readme_table import machine_info  # noqa: E402
+from readme_table import machine_info, write_readme_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "regimes.json"
 LITE0 = "--backbone efficientnet_lite0 --pretrained imagenet"
@@ -103,11 +104,15 @@ def main() -> None:
     parser.add_argument("--regimes", default=",".join(REGIMES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
+    parser.add_argument("--table", action="store_true", help="only write the README table from the results file")
     parser.add_argument("--add-fitted", action="store_true",
                         help="only add the fitted-threshold diagnostic to finished runs whose folders are there")
     args = parser.parse_args()
     if args.add_fitted:
         add_fitted()
+        return
+    if args.table:
+        write_readme_table("regimes", table(json.loads(RESULTS.read_text())["runs"]))
         return
     regimes = args.regimes.split(",")
     unknown = [r for r in regimes if r not in REGIMES]
@@ -129,6 +134,33 @@ def save(runs: list[dict]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine_info(), "summary": summarise(runs), "runs": runs},
                                   indent=2) + "\n")
+
+
+COLUMNS = (("classifier_val_map", "classifier val mAP"), ("cams_train_miou", "CAM (train)"),
+           ("pseudo-crf_train_miou", "pseudo masks, CRF at IRN's 0.30 (train)"),
+           ("pseudo-crf-fitted_train_miou", "pseudo masks, CRF at the fitted threshold (train; oracle diagnostic)"),
+           ("segment-pseudo-crf_val_miou", "segmenter on CRF masks (val)"),
+           ("segment-gt_val_miou", "segmenter on ground truth (val)"))
+
+
+def table(runs: list[dict]) -> str:
+    """Per regime: mean ± sd over its seeds and the per-seed values, in %, and the mean `make all` seconds."""
+    header = "| regime | seeds | " + " | ".join(title for _, title in COLUMNS) + " | `make all` s |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
+    for regime in dict.fromkeys(run["regime"] for run in runs):
+        mine = sorted((run for run in runs if run["regime"] == regime), key=lambda run: run["seed"])
+        cells = []
+        for key, _ in COLUMNS:
+            values = [100 * run[key] for run in mine if run.get(key) is not None]
+            if not values:
+                cells.append("–")
+                continue
+            spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.fmean(values):.1f}{spread} ({' / '.join(f'{v:.1f}' for v in values)})")
+        seconds = statistics.fmean(run["make_all_wall_seconds"] for run in mine)
+        seeds = ",".join(str(run["seed"]) for run in mine)
+        lines.append(f"| {regime} | {seeds} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    return "\n".join(lines)
 
 
 def add_fitted() -> None:

@@ -7,13 +7,16 @@ STAMP := $(VENV)/.installed
 WSSS := $(BIN)/wsss
 RUN ?= runs/default
 SEED ?= 0
-# Extra options for the chain's stages, e.g. the pretrained regime (benchmarks/regimes.py):
+# Extra options for the chain's stages, e.g. those of a regime of benchmarks/regimes.py:
 #   make all CAM_OPTIONS="--backbone efficientnet_lite0 --pretrained imagenet --lr 0.01" SEGMENT_OPTIONS="..."
 DATA_OPTIONS ?=
 CAM_OPTIONS ?=
 SEGMENT_OPTIONS ?=
+# The pretrained regime (benchmarks/regimes.py's lite0-imagenet-224): EfficientNet-Lite0 with its offline ImageNet
+# weights on 224 px images, learning rates a tenth of the from-scratch ones.
+PRETRAINED := --backbone efficientnet_lite0 --pretrained imagenet --crop-size 192 --base-size 224
 
-.PHONY: all venv test reproduce bench bench-throughput clean
+.PHONY: all all-pretrained venv test reproduce bench bench-throughput clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +51,12 @@ DATA ?=
 reproduce: $(STAMP)
 	$(if $(and $(RECIPE),$(DATA)),,$(error usage: make reproduce RECIPE=irn-voc DATA=/path/to/VOC2012 [RUN=DIR] [DRY_RUN=1]))
 	$(WSSS) reproduce $(RECIPE) $(DATA) --run $(if $(filter command line,$(origin RUN)),$(RUN),runs/$(RECIPE)) $(if $(DRY_RUN),--dry-run)
+
+# `make all` in the pretrained regime, into runs/pretrained unless RUN=DIR (benchmarks/README.md "Pretrained
+# regimes" has its numbers; it takes several times as long as `make all`).
+all-pretrained: $(STAMP)
+	$(MAKE) all RUN=$(if $(filter command line,$(origin RUN)),$(RUN),runs/pretrained) SEED=$(SEED) \
+		DATA_OPTIONS="--image-size 224" CAM_OPTIONS="$(PRETRAINED) --lr 0.01" SEGMENT_OPTIONS="$(PRETRAINED) --lr 0.005"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

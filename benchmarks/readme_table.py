@@ -39,6 +39,21 @@ def machine_info(**extra) -> dict:
     with this module: benchmarks/scaling.py must not hold torch while it launches the stages it measures."""
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), **extra}
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its matrix extensions (AMX, AVX512-BF16: what bfloat16 speed depends on); the
+    architecture where /proc/cpuinfo is not there."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    extensions = [name for name in ("amx_bf16", "avx512_bf16") if name in flags]
+    return f"{model} ({', '.join(extensions) or 'no native bf16'})"

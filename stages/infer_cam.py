@@ -3,10 +3,12 @@
 Input: the run's CAM checkpoint and dataset index. Output: the split's CAM file (see `core.camstore`).
 As in IRN's make_cam: for each scale the image and its flip go through the network, the maps are upsampled
 to the image size rounded up to a multiple of the output stride (`strided_up_size`), cropped to the image and
-summed over scales and flips, then each labelled class is divided by its maximum.
+summed over scales and flips, then each labelled class is divided by its maximum, all on the device (batched
+tensor ops; only the labelled maps, in float16, come back to the host).
 Images of equal size are batched together (in order of size, so VOC's mixed sizes batch too), and each scale's
 views go through the network in cache-sized chunks (`core.device.forward_pixel_budget`); benchmarks/infer_cam.py
-measures this against the one-image-at-a-time way of the IRN/SEAM code.
+measures this against the one-image-at-a-time way of the IRN/SEAM code. A writer thread compresses and writes
+a batch's maps while the network computes the next (`core.background`).
 The CAMs are written as parts of `part_size` images (`cams/.<split>.h5.parts/`), each renamed into place when
 complete, then merged: a killed run resumes at the first missing part. Under torchrun the processes take every
 N-th part and the main process merges.
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import CamModelConfig, InferCamConfig
+from .core.background import BackgroundWriter
 from .core.camstore import CamReader, CamWriter
 from .core.checkpoint import checkpoint_normalization, load_checkpoint, model_config
 from .core.console import console, progress_bar
@@ -30,7 +33,7 @@ from .core.errors import UserError
 from .core.runs import Run, Stage
 from .data.loading import same_size_batches
 from .methods import cam_model_from_checkpoint
-from .models.multiscale import fused_cams, normalise_per_class
+from .models.multiscale import fused_cams, labelled_cams
 
 
 def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
@@ -66,14 +69,15 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
         with progress_bar() as bar:
             task = bar.add_task("infer-cam", total=sum(len(part) for _, part in todo), status="")
             for path, part in todo:
-                with CamWriter(path, **attributes) as writer:
-                    batches = same_size_batches(part, normalization, config.batch_size, config.workers)
+                with CamWriter(path, **attributes) as writer, BackgroundWriter() as background:
+                    batches = same_size_batches(part, normalization, config.batch_size, config.workers,
+                                                pin_memory=device.type == "cuda")
                     for batch_samples, images in batches:
-                        cams = fused_cams(cam_function, images.to(device), config.scales, config.flip, device,
+                        cams = fused_cams(cam_function, images.to(device, non_blocking=True), config.scales, config.flip, device,
                                           config.amp, output_stride)
-                        for sample, sample_cams in zip(batch_samples, cams):
-                            classes = np.array(sample.labels, dtype=np.int64)
-                            writer.write(sample.id, normalise_per_class(sample_cams[classes - 1]), classes)
+                        classes = [np.array(sample.labels, dtype=np.int64) for sample in batch_samples]
+                        background.submit(write_batch, writer, batch_samples, labelled_cams(cams, classes),
+                                          classes)
                         bar.update(task, advance=len(batch_samples))
         procs.barrier()
         if procs.is_main:
@@ -84,6 +88,12 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
     stage = Stage(f"infer-cam/{config.split}{'-raw' if config.raw else ''}", config,
                   [run.dataset_index.path, checkpoint_path], [output], work)
     return run.execute(stage, force)
+
+
+def write_batch(writer: CamWriter, samples, cams, classes) -> None:
+    """In the writer thread: each image's maps, copied from the device here rather than in the main thread."""
+    for sample, sample_cams, sample_classes in zip(samples, cams, classes):
+        writer.write(sample.id, sample_cams.cpu().numpy(), sample_classes)
 
 
 def merge_parts(parts: list[Path], output: Path, attributes: dict) -> None:

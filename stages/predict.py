@@ -35,7 +35,7 @@ from .data.loading import same_size_batches
 from .methods import cam_model_from_checkpoint
 from .models.deeplab import DeepLab
 from .models.inference import PredictionSettings, predict_masks
-from .models.multiscale import fused_cams, normalise_per_class
+from .models.multiscale import fused_cams, labelled_cams
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 STAGE_KEY = "predict"
@@ -197,10 +197,11 @@ def _classes_and_cams(run: Run, config: PredictConfig, samples: list[Sample], id
             images = images.to(device)
             scores = torch.sigmoid(model(images).float()).cpu().numpy()
             cams = fused_cams(model.cams, images, config.cam_scales, True, device, config.amp, output_stride)
-            for sample, image_scores, image_cams in zip(batch_samples, scores, cams):
-                classes = np.flatnonzero(image_scores > config.class_threshold) + 1
+            classes = [np.flatnonzero(image_scores > config.class_threshold) + 1 for image_scores in scores]
+            for sample, image_scores, image_classes, image_cams in zip(batch_samples, scores, classes,
+                                                                        labelled_cams(cams, classes)):
                 with CamWriter(run.predicted_cams / f"{sample.id}.h5", **attributes) as writer:
-                    writer.write(sample.id, normalise_per_class(image_cams[classes - 1]), classes, image_scores)
+                    writer.write(sample.id, image_cams.cpu().numpy(), image_classes, image_scores)
             bar.update(task, advance=len(batch_samples))
     table = {}
     for sample in samples:

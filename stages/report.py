@@ -24,6 +24,7 @@ from .core.camstore import CamReader
 from .core.io import atomic_path, load_image, load_mask, read_json
 from .core.overlays import PALETTE, heat_overlay, mask_overlay
 from .core.runs import Run, Stage
+from .core.training import loss_terms
 from .data.index import DatasetIndex, Sample
 from .plots import Marker, Series, bar_chart, heat_map, line_plot
 from .results import headline, load_results, percent, stale_results
@@ -335,9 +336,8 @@ def _training_html(manifest: dict) -> str:
         if not history:
             parts.append(f"<p>{html.escape(key)}: no per-epoch history recorded.</p>")
             continue
-        names = list(dict.fromkeys(name for epoch in history for name in epoch if name != "seconds"))
-        losses = [name for name in names if not name.startswith("val_")]
-        validation = [name for name in names if name.startswith("val_")]
+        losses = list(dict.fromkeys(name for epoch in history for name in loss_terms(epoch)))
+        validation = list(dict.fromkeys(name for epoch in history for name in epoch if name.startswith("val_")))
         plots = [_epoch_plot(history, losses, f"{key}: training loss", "loss", None)]
         if validation:
             plots.append(_epoch_plot(history, validation, f"{key}: validation", "%", (0, 100)))

@@ -28,8 +28,8 @@ from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, save_mask
 from .core.resumable import finish_directory
 from .core.runs import Run, Stage, fingerprint
-from .core.training import (TrainingState, distributed, epoch_history, log_epoch, make_optimizer, train_epochs,
-                             training_loader)
+from .core.training import (TrainingState, distributed, epoch_history, log_epoch, loss_terms, make_optimizer,
+                             timing_metrics, train_epochs, training_loader)
 from .data.loading import (Augment, SplitDataset, check_mask_sizes, multi_hot, require_mask_set,
                            same_size_batches)
 from .data.saliency_maps import DirectorySaliency, saliency_directory
@@ -106,8 +106,7 @@ def segment(run: Run, config: SegmentConfig, *, resume: bool = False, force: boo
         for split, predicted in predictions.items():
             finished = run.resumable_folder(stage, predicted, checkpoint=fingerprint(checkpoint))
             predict(model, dataset.split(split), predicted, finished, config, device, procs)
-        metrics = {"final_loss": round(sum(v for k, v in history[-1].items() if k != "seconds"), 4),
-                   "epoch_seconds": round(float(np.mean([h["seconds"] for h in history])), 2),
+        metrics = {"final_loss": round(sum(loss_terms(history[-1]).values()), 4), **timing_metrics(history),
                    "history": epoch_history(history)}
         if seeds_dir is not None:
             metrics["seeds_ignored_fraction"] = write_seed_masks(trainer, samples, seeds_dir, saliency_dir, config,

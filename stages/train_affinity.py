@@ -14,7 +14,6 @@ import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .affinity import build_affinity_model
@@ -26,8 +25,8 @@ from .core.device import memory_format, resolve_device, seed_everything
 from .core.distributed import processes, synchronise_batchnorm
 from .core.errors import UserError
 from .core.runs import Run, Stage
-from .core.training import (TrainingState, distributed, epoch_history, log_epoch, make_optimizer, train_epochs,
-                             training_loader)
+from .core.training import (TrainingState, distributed, epoch_history, log_epoch, loss_terms, make_optimizer,
+                             timing_metrics, train_epochs, training_loader)
 from .data.loading import Augment, SplitDataset, check_mask_sizes, require_mask_set
 from .methods import cam_model_from_checkpoint
 
@@ -82,8 +81,7 @@ def train_affinity(run: Run, config: TrainAffinityConfig, *, resume: bool = Fals
                             model=model, normalization=model.normalization, metrics={"epochs": epoch_metrics})
         state.discard(procs)
         final = epoch_metrics[-1]
-        return {"loss": round(sum(v for k, v in final.items() if k != "seconds"), 4),
-                "epoch_seconds": round(float(np.mean([m["seconds"] for m in epoch_metrics])), 2),
+        return {"loss": round(sum(loss_terms(final).values()), 4), **timing_metrics(epoch_metrics),
                 "history": epoch_history(epoch_metrics)}
 
     inputs = [run.dataset_index.path, mask_dir] + ([cam_path] if cam_path else [])

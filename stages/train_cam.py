@@ -20,8 +20,8 @@ from .core.console import console
 from .core.device import autocast, memory_format, resolve_device, seed_everything
 from .core.distributed import processes, synchronise_batchnorm
 from .core.runs import Run, Stage
-from .core.training import (TrainingState, distributed, epoch_history, log_epoch, make_optimizer, train_epochs,
-                             training_loader)
+from .core.training import (TrainingState, distributed, epoch_history, log_epoch, make_optimizer, timing_metrics,
+                             train_epochs, training_loader)
 from .data.loading import Augment, SplitDataset
 from .data.saliency_maps import saliency_directory
 from .methods import CamTraining, build_aux_loss, build_cam_model
@@ -86,7 +86,7 @@ def train_cam(run: Run, config: TrainCamConfig, *, resume: bool = False, force: 
                                      losses_fn=losses, on_epoch_end=on_epoch_end, description="train-cam",
                                      state=state, procs=procs)
         metrics = {k: round(v, 4) for k, v in epoch_metrics[-1].items() if k in ("val_map", "val_f1")}
-        metrics["epoch_seconds"] = round(float(np.mean([m["seconds"] for m in epoch_metrics])), 2)
+        metrics.update(timing_metrics(epoch_metrics))
         metrics["history"] = epoch_history(epoch_metrics)
         if procs.is_main:
             save_checkpoint(checkpoint, kind="cam", config=asdict(config), class_names=dataset.class_names,

@@ -8,7 +8,7 @@ import torch
 
 from stages.config import CamModelConfig, SegModelConfig
 from stages.core.errors import UserError
-from stages.models.multiscale import fused_cams, normalise_per_class
+from stages.models.multiscale import fused_cams, labelled_cams
 from stages.methods import build_cam_model
 from stages.models.backbone import create_backbone
 from stages.models.deeplab import DeepLab
@@ -130,11 +130,23 @@ def test_fused_cams_follow_irns_strided_up_size():
     assert fused.shape == straight.shape and not np.allclose(fused, straight)  # the two ways differ
 
 
-def test_normalise_per_class_scales_each_class_to_one():
-    cams = np.array([[[0.0, 2.0], [-1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=np.float32)
-    normalised = normalise_per_class(cams)
-    np.testing.assert_allclose(normalised[0], [[0, 2 / (2 + 1e-5)], [0, 1 / (2 + 1e-5)]], rtol=1e-6)
-    assert np.all(normalised[1] == 0)  # an empty map stays empty instead of dividing by zero
+def test_labelled_cams_scale_each_class_to_one():
+    cams = torch.tensor([[[[0.0, 2.0], [-1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]], [[5.0, 5.0], [5.0, 5.0]]]])
+    first, = labelled_cams(cams, [np.array([1, 2])])
+    assert first.dtype == torch.float16 and first.shape == (2, 2, 2)  # only the labelled classes 1 and 2
+    np.testing.assert_allclose(first[0].float(), [[0, 2 / (2 + 1e-5)], [0, 1 / (2 + 1e-5)]], rtol=1e-3)
+    assert torch.all(first[1] == 0)  # an empty map stays empty instead of dividing by zero
+
+
+def test_labelled_cams_of_a_batch_are_each_images_maps_as_numpy_normalised_them():
+    """Bit for bit what infer-cam wrote before it normalised on the device: per image, its classes' maps, ReLU,
+    divided by max + 1e-5 in float32, then float16; images with no class, one, or several in one batch."""
+    cams = torch.randn(4, 5, 9, 7) * 3
+    classes = [np.array([2, 5]), np.array([], dtype=np.int64), np.array([1]), np.array([1, 3, 4])]
+    for image_cams, image_classes, result in zip(cams.numpy(), classes, labelled_cams(cams, classes)):
+        selected = np.maximum(image_cams[image_classes - 1], 0)
+        expected = (selected / (selected.max(axis=(1, 2), keepdims=True) + 1e-5)).astype(np.float16)
+        assert result.shape == expected.shape and np.array_equal(result.numpy(), expected)
 
 
 def test_deeplab_output_and_param_groups():

@@ -74,9 +74,26 @@ def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
     for sample in samples:
         image = load_image(sample.image)
         probabilities = multi_scale_softmax(model, Normalization()(image)[None], PredictionSettings(amp=False),
-                                            torch.device("cpu"))[0]
+                                            torch.device("cpu"))[0].numpy()
         expected = crf_from_probabilities(image, probabilities, POSTPROCESS_CRF)
         assert np.array_equal(load_mask(out_dir / f"{sample.id}.png"), expected), sample.id
+
+
+def test_prediction_without_crf_writes_each_images_argmax_from_the_writer_thread(tmp_path):
+    """The argmax on the device and the PNGs written by the writer thread: each mask is the argmax of its own
+    image's probabilities (NumPy's, as the stage computed it before), none lost or swapped across batches."""
+    torch.manual_seed(0)
+    model = DeepLab(SegModelConfig(), num_classes=3).eval()
+    samples = _images(tmp_path, 11)
+    config = SegmentConfig(batch_size=2, workers=1, device="cpu", amp=False)
+    out_dir = tmp_path / "masks"
+    out_dir.mkdir()
+    predict(model, samples, out_dir, set(), config, torch.device("cpu"), processes())
+    for sample in samples:
+        image = load_image(sample.image)
+        probabilities = multi_scale_softmax(model, Normalization()(image)[None], PredictionSettings(amp=False),
+                                            torch.device("cpu"))[0].numpy()
+        assert np.array_equal(load_mask(out_dir / f"{sample.id}.png"), probabilities.argmax(axis=0)), sample.id
 
 
 def test_crf_reuses_an_images_kernels_only_for_that_image():
@@ -105,3 +122,32 @@ def test_scaling_benchmark_flags_a_stage_whose_cost_per_image_grows():
     growing = fit([500, 1000, 2000], [60.0, 110.0, 260.0])  # the last 1000 images cost 0.15 s each, not 0.1
     assert growing["slows_down"] is True and growing["per_image_ratio_largest_to_smallest"] == 1.25
     assert fit([500, 1000, 2000], [4.0, 4.2, 4.1])["slows_down"] is None  # start-up and noise: no verdict
+
+
+def test_background_writer_runs_jobs_in_order_and_raises_a_jobs_error_in_the_caller():
+    import threading
+
+    from stages.core.background import BackgroundWriter
+
+    done, threads = [], set()
+
+    def job(index):
+        threads.add(threading.current_thread().name)
+        done.append(index)
+
+    with BackgroundWriter(depth=2) as writer:
+        for index in range(20):
+            writer.submit(job, index)
+    assert done == list(range(20)) and threads and threading.current_thread().name not in threads
+
+    def failing(index):
+        if index == 3:
+            raise OSError("disk full")
+        done.append(index)
+
+    done.clear()
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter(depth=2) as writer:
+            for index in range(50):
+                writer.submit(failing, index)
+    assert done[:3] == [0, 1, 2] and 3 not in done and len(done) < 49  # it stopped soon after the error

@@ -153,7 +153,9 @@ def train_epochs(
     """Run `config.epochs` epochs (or those left after a resumed state); `losses_fn(batch, step)` returns named
     loss terms that are summed. The training state is saved after every epoch, after `on_epoch_end`.
 
-    Returns one dict per epoch with the mean of each term and the epoch's seconds.
+    Returns one dict per epoch with the mean of each term, the epoch's seconds, and the seconds of it spent
+    waiting for the loader's next batch (`data_seconds`: the input pipeline not keeping up, worker start-up
+    included).
     """
     # Loss scaling is for float16 only (CUDA); CPU autocast uses bfloat16, which has float32's range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
@@ -168,8 +170,10 @@ def train_epochs(
             loader.sampler.set_epoch(epoch)
             loader.dataset.epoch = epoch
             sums: dict[str, float] = {}
-            started = time.perf_counter()
+            started = waiting = time.perf_counter()
+            data_seconds = 0.0
             for index, batch in enumerate(loader):
+                data_seconds += time.perf_counter() - waiting
                 step = epoch * steps_per_epoch + index
                 poly_lr(optimizer, step, total_steps, POLY_POWER)
                 with autocast(device, amp):
@@ -191,8 +195,10 @@ def train_epochs(
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.item()
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.4f}")
+                waiting = time.perf_counter()
             epoch_log = {name: total / steps_per_epoch for name, total in sums.items()}
             epoch_log["seconds"] = time.perf_counter() - started
+            epoch_log["data_seconds"] = data_seconds
             history.append(epoch_log)
             on_epoch_end(epoch, epoch_log)
             state.save(epoch + 1, history, optimizer, scaler, procs)
@@ -204,6 +210,21 @@ def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
     a NaN or an infinity anywhere makes the sum non-finite."""
     sums = [p.detach().float().sum() for group in optimizer.param_groups for p in group["params"]]
     return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
+
+
+TIMINGS = ("seconds", "data_seconds")  # the per-epoch entries that are neither loss terms nor metrics
+
+
+def loss_terms(epoch: dict[str, float]) -> dict[str, float]:
+    """An epoch's mean loss terms (without its timings and validation metrics)."""
+    return {name: value for name, value in epoch.items() if name not in TIMINGS and not name.startswith("val_")}
+
+
+def timing_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """The mean epoch time and the share of it spent waiting for data, for a training stage's manifest entry."""
+    seconds = sum(epoch["seconds"] for epoch in history)
+    return {"epoch_seconds": round(seconds / len(history), 2),
+            "data_wait_share": round(sum(epoch.get("data_seconds", 0.0) for epoch in history) / seconds, 4)}
 
 
 def epoch_history(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -155,34 +155,51 @@ class SplitDataset(Dataset):
         return item
 
 
-class _Images(Dataset):
-    """Normalised images; with `tolerant`, an image that cannot be read gives the one-line reason instead."""
+class _ImageBatches(Dataset):
+    """Planned batches of images (lists of positions in `samples`), each decoded, normalised and stacked in a
+    loader worker, so that a batch crosses to the main process in one transfer rather than one per image (per
+    image, the transfer cost as much as decoding a small image). Item: the runs of equal decoded size as
+    (positions, (N, 3, H, W) images), and the images that could not be read as (position, reason) (with
+    `tolerant`; else the error is raised)."""
 
-    def __init__(self, samples: list[Sample], normalization: Normalization, tolerant: bool = False):
+    def __init__(self, samples: list[Sample], batches: list[list[int]], normalization: Normalization,
+                 tolerant: bool = False):
         self.samples = samples
+        self.batches = batches
         self.normalization = normalization
         self.tolerant = tolerant
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.batches)
 
-    def __getitem__(self, index: int) -> torch.Tensor | str:
-        check_sample_id(self.samples[index].id)
-        try:
-            return self.normalization(load_image(self.samples[index].image))
-        except UserError as error:
-            if not self.tolerant:
-                raise
-            return str(error)
+    def __getitem__(self, index: int) -> tuple[list[tuple[list[int], torch.Tensor]], list[tuple[int, str]]]:
+        runs: list[tuple[list[int], list[torch.Tensor]]] = []
+        bad = []
+        for position in self.batches[index]:
+            check_sample_id(self.samples[position].id)
+            try:
+                image = self.normalization(load_image(self.samples[position].image))
+            except UserError as error:
+                if not self.tolerant:
+                    raise
+                bad.append((position, str(error)))
+                continue
+            if runs and runs[-1][1][0].shape == image.shape:
+                runs[-1][0].append(position)
+                runs[-1][1].append(image)
+            else:  # a size its header did not give (e.g. a decoder that applies an orientation): its own run
+                runs.append(([position], [image]))
+        return [(positions, torch.stack(images)) for positions, images in runs], bad
 
 
 def same_size_batches(samples: list[Sample], normalization: Normalization, batch_size: int, workers: int,
-                      on_bad: Callable[[Sample, str], None] | None = None):
+                      on_bad: Callable[[Sample, str], None] | None = None, pin_memory: bool = False):
     """Yield (samples, (N, 3, H, W) normalized images) for inference, batching images of one size.
 
     The images are taken in order of size (read from the headers), so a dataset of mixed sizes such as VOC, where
     most images are 500x375 or 375x500, still batches: no padding, so each image's result is what it would be alone.
     An image that cannot be read is a one-line error, or, given `on_bad`, left out after `on_bad(sample, reason)`.
+    `pin_memory`: for batches bound for a GPU (then copied with `non_blocking=True`).
     """
     sizes = {}
     for sample in samples:
@@ -193,20 +210,18 @@ def same_size_batches(samples: list[Sample], normalization: Normalization, batch
                 raise
             on_bad(sample, str(error))
     samples = sorted((s for s in samples if s.id in sizes), key=lambda s: sizes[s.id])  # stable within a size
-    loader = DataLoader(_Images(samples, normalization, tolerant=on_bad is not None), batch_size=None,
-                        num_workers=workers)
-    pending_samples, pending_images = [], []
-    for sample, image in zip(samples, loader):
-        if isinstance(image, str):
-            on_bad(sample, image)
-            continue
-        if pending_images and (image.shape != pending_images[0].shape or len(pending_images) == batch_size):
-            yield pending_samples, torch.stack(pending_images)
-            pending_samples, pending_images = [], []
-        pending_samples.append(sample)
-        pending_images.append(image)
-    if pending_images:
-        yield pending_samples, torch.stack(pending_images)
+    batches: list[list[int]] = []
+    for position, sample in enumerate(samples):
+        if not batches or len(batches[-1]) == batch_size or sizes[samples[batches[-1][0]].id] != sizes[sample.id]:
+            batches.append([])
+        batches[-1].append(position)
+    loader = DataLoader(_ImageBatches(samples, batches, normalization, tolerant=on_bad is not None),
+                        batch_size=None, num_workers=workers, pin_memory=pin_memory)
+    for runs, bad in loader:
+        for position, reason in bad:
+            on_bad(samples[position], reason)
+        for positions, images in runs:
+            yield [samples[position] for position in positions], images
 
 
 def _image_size(sample: Sample) -> tuple[int, int]:

@@ -1,14 +1,13 @@
 """A trained segmenter's masks of a list of images, shared by `segment --predict` and `predict`.
 
-Per image: the class probabilities averaged over the test scales (and flips), then their argmax or DeepLab's dense
-CRF, written as a palette PNG (and, if asked, a colour overlay beside it). Images are batched by size, the CRF runs
-in worker processes while the network predicts the next batch, and each mask is written atomically, so a killed
-run leaves only whole masks and its re-run predicts only the rest.
+Per image: the class probabilities averaged over the test scales (and flips), then their argmax (on the device)
+or DeepLab's dense CRF, written as a palette PNG (and, if asked, a colour overlay beside it). Images are batched
+by size; a writer thread (or, with the CRF, worker processes) writes a batch while the network predicts the next;
+each mask is written atomically, so a killed run leaves only whole masks and its re-run predicts only the rest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 from collections import deque
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.background import BackgroundWriter
 from ..core.console import progress_bar
 from ..core.io import load_image, save_mask, save_rgb
 from ..core.overlays import mask_overlay
@@ -51,56 +51,65 @@ def predict_masks(model, samples: list[Sample], out_dir: Path, how: PredictionSe
     """Write `out_dir/ID.png` for each sample (and `overlay_dir/ID.jpg`, its colours on the image); the number
     written. An overlay is written before its mask, so a mask on disk means the image is done. `on_bad`: see
     `same_size_batches`."""
-    # The CRF runs in worker processes while the network predicts the next images; at most `max_pending` images'
+    # Without CRF the argmax runs on the device and a writer thread encodes the PNGs while the network predicts
+    # the next batch. With it, the CRF runs in worker processes instead; at most `max_pending` images'
     # probabilities wait in memory (a VOC image's are 16 MB, so holding a whole split's is not an option).
     crf_pool = multiprocessing.get_context("fork").Pool(max(how.workers, 1)) if how.crf else None
     max_pending = 4 * max(how.workers, 1) + how.batch_size
     pending: deque = deque()
     written = 0
-    with progress_bar() as bar, crf_pool or contextlib.nullcontext():
+    writer = crf_pool or BackgroundWriter()
+    with progress_bar() as bar, writer:
         task = bar.add_task(description + (" + crf" if how.crf else ""), total=len(samples), status="")
 
-        def done(result=None) -> None:
+        def done(count: int, result=None) -> None:
             nonlocal written
             if result is not None:
                 result.get()  # re-raises a worker's error here
-            written += 1
-            bar.update(task, advance=1)
+            written += count
+            bar.update(task, advance=count)
 
-        batches = same_size_batches(samples, model.normalization, how.batch_size, how.workers, on_bad=on_bad)
+        batches = same_size_batches(samples, model.normalization, how.batch_size, how.workers, on_bad=on_bad,
+                                    pin_memory=device.type == "cuda")
         for batch_samples, images in batches:
-            probabilities = multi_scale_softmax(model, images.to(device), how, device)
-            for sample, probs in zip(batch_samples, probabilities):
-                job = (sample.image, probs, out_dir / f"{sample.id}.png",
-                       overlay_dir / f"{sample.id}.jpg" if overlay_dir else None)
-                if crf_pool is None:
-                    _write(job, crf=False)
-                    done()
-                else:
-                    pending.append(crf_pool.apply_async(_write_after_crf, (job,)))
+            probabilities = multi_scale_softmax(model, images.to(device, non_blocking=True), how, device)
+            jobs = [(sample.image, out_dir / f"{sample.id}.png",
+                     overlay_dir / f"{sample.id}.jpg" if overlay_dir else None) for sample in batch_samples]
+            if crf_pool is None:
+                # The argmax over channels runs several times faster with the channels innermost.
+                masks = probabilities.contiguous(memory_format=torch.channels_last).argmax(1).to(torch.uint8)
+                writer.submit(_write_masks, jobs, masks)
+                done(len(jobs))
+                continue
+            for job, probs in zip(jobs, probabilities.cpu().numpy()):
+                pending.append(crf_pool.apply_async(_write_after_crf, (job, probs)))
             while len(pending) > max_pending or (pending and pending[0].ready()):
-                done(pending.popleft())
+                done(1, pending.popleft())
         while pending:
-            done(pending.popleft())
+            done(1, pending.popleft())
     return written
 
 
-def multi_scale_softmax(model, images: torch.Tensor, how: PredictionSettings, device) -> np.ndarray:
-    """(N, C, H, W) class probabilities averaged over the test scales (and flips)."""
+def multi_scale_softmax(model, images: torch.Tensor, how: PredictionSettings, device) -> torch.Tensor:
+    """(N, C, H, W) class probabilities averaged over the test scales (and flips), on the device."""
     total = multi_scale_sum(model, images, how.test_scales, how.test_flip, device, how.amp,
                             per_view=lambda logits: F.softmax(logits, dim=1))
-    return (total / total.sum(1, keepdim=True)).cpu().numpy()
+    return total / total.sum(1, keepdim=True)
 
 
-def _write_after_crf(job) -> None:
-    _write(job, crf=True)
+def _write_masks(jobs, masks: torch.Tensor) -> None:
+    """In the writer thread: a batch's argmax masks, copied from the device here."""
+    for job, mask in zip(jobs, masks.cpu().numpy()):
+        _write(job, mask)
 
 
-def _write(job, crf: bool) -> None:
-    image_path, probabilities, mask_path, overlay_path = job
-    image = load_image(image_path) if crf or overlay_path else None
-    mask = (crf_from_probabilities(image, probabilities, POSTPROCESS_CRF) if crf
-            else probabilities.argmax(axis=0)).astype(np.uint8)
+def _write_after_crf(job, probabilities: np.ndarray) -> None:
+    image = load_image(job[0])
+    _write(job, crf_from_probabilities(image, probabilities, POSTPROCESS_CRF).astype(np.uint8), image)
+
+
+def _write(job, mask: np.ndarray, image: np.ndarray | None = None) -> None:
+    image_path, mask_path, overlay_path = job
     if overlay_path is not None:
-        save_rgb(overlay_path, mask_overlay(image, mask))
+        save_rgb(overlay_path, mask_overlay(load_image(image_path) if image is None else image, mask))
     save_mask(mask_path, mask)

@@ -42,10 +42,11 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             end = min(start + per_forward, views)
             originals = scaled[start:min(end, count)]  # the chunk's unflipped views, then its flipped ones
             flipped = scaled[max(start, count) - count:max(end, count) - count].flip(-1)
-            chunk = torch.cat([originals, flipped]).contiguous(memory_format=memory_format(device))
+            chunk = torch.cat([originals, flipped]) if len(flipped) else originals
             with autocast(device, amp):
-                maps = forward(chunk).float()
-            maps = torch.cat([maps[:len(originals)], maps[len(originals):].flip(-1)])
+                maps = forward(chunk.contiguous(memory_format=memory_format(device))).float()
+            if len(flipped):
+                maps = torch.cat([maps[:len(originals)], maps[len(originals):].flip(-1)])
             maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
             maps = per_view(maps)
             if scale_sum is None:
@@ -53,18 +54,29 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             scale_sum[start:start + len(originals)] += maps[:len(originals)]
             first_flip = max(start, count) - count
             scale_sum[first_flip:first_flip + len(flipped)] += maps[len(originals):]
-        total = scale_sum if total is None else total + scale_sum
+        if total is None:
+            total = scale_sum
+        else:
+            total += scale_sum
     return total
 
 
 def fused_cams(cam_function, images: torch.Tensor, scales, flip: bool, device: torch.device,
-               amp: bool = True, output_stride: int = 1) -> np.ndarray:
-    """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised;
-    `output_stride`: the network's (see `multi_scale_sum`)."""
-    return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride).cpu().numpy()
+               amp: bool = True, output_stride: int = 1) -> torch.Tensor:
+    """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised, on
+    the device; `output_stride`: the network's (see `multi_scale_sum`)."""
+    return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride)
 
 
-def normalise_per_class(cams: np.ndarray) -> np.ndarray:
-    """ReLU then divide each class map by its maximum (IRN: + 1e-5 so an all-zero map stays zero)."""
-    cams = np.maximum(cams, 0)
-    return cams / (cams.max(axis=(1, 2), keepdims=True) + 1e-5)
+def labelled_cams(cams: torch.Tensor, classes: list[np.ndarray]) -> list[torch.Tensor]:
+    """Fused (N, C, H, W) CAMs and each image's foreground classes (indices 1..C) → per image the (K, H, W)
+    float16 maps of its K classes as the CAM file stores them: ReLU, then each map divided by its maximum (IRN:
+    + 1e-5 so an all-zero map stays zero). One batched op on the CAMs' device for the whole batch, so only the
+    labelled maps, in half precision, leave it."""
+    counts = [len(image_classes) for image_classes in classes]
+    images = torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts, dtype=torch.long))
+    selected = cams[images.to(cams.device),
+                    torch.from_numpy(np.concatenate(classes).astype(np.int64) - 1).to(cams.device)]
+    selected = selected.clamp_min(0)
+    selected = selected / (selected.amax(dim=(1, 2), keepdim=True) + 1e-5)
+    return list(selected.half().split(counts))

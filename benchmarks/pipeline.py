@@ -47,11 +47,19 @@ def main() -> None:
 
     run = Run(run_dir)
     numbers = headline(run)
+    stages = run.manifest()["stages"]
+    make_all_stages = [key for key in stages if key not in ("segment/gt", "evaluate/segment-gt_val")]
     result = {
         "machine": machine_info(),
         "seed": args.seed,
         "make_all_wall_seconds": round(make_all_seconds, 1),
+        # What `make all` spends outside its stages' own timings: starting Python, torch and the CLI for each of
+        # its commands, and checking inputs and outputs.
+        "make_all_seconds_outside_stages": round(make_all_seconds - sum(stages[k]["seconds"]
+                                                                        for k in make_all_stages), 1),
         "upper_bound_wall_seconds": round(upper_bound_seconds, 1),
+        "data_wait_share": {key: entry["metrics"]["data_wait_share"] for key, entry in stages.items()
+                            if "data_wait_share" in entry.get("metrics", {})},
         **numbers,
         "cam_curve": json.loads(run.path("eval", "cams_train.json").read_text())["curve"],
     }

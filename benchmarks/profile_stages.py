@@ -114,7 +114,7 @@ def main() -> None:
 
     train_bench = subset_run(work / "training", run, args.images)
     for stage, run_stage in {
-        "train-cam": lambda: train_cam(train_bench, TrainCamConfig(epochs=1, device=args.device), force=True),
+        "train-cam": lambda: train_cam(train_bench, TrainCamConfig(epochs=1, val_split="", device=args.device), force=True),
         "segment": lambda: segment(train_bench, SegmentConfig(epochs=1, labels="gt", predict_splits=(),
                                                               device=args.device), force=True),
     }.items():
@@ -167,10 +167,14 @@ def network_alone(spec: dict, samples, device: torch.device) -> float:
                 forwards += [chunk.contiguous(memory_format=memory_format(device)).to(device)
                              for chunk in views.split(per_forward)]
     forward = getattr(spec["module"], spec["forward"])
-    with autocast(device, True):
-        for example in {view.shape: view for view in forwards}.values():
-            forward(example)  # warm-up: the kernels' choice for each shape
-    return timed(lambda: [forward(view).float() for view in forwards], device)
+
+    def run_forwards(views) -> None:
+        for view in views:
+            with autocast(device, True):  # per forward, as the stage enters it
+                forward(view).float()
+
+    run_forwards({view.shape: view for view in forwards}.values())  # warm-up: the kernels' choice per shape
+    return timed(lambda: run_forwards(forwards), device)
 
 
 def profiled(spec: dict, device: torch.device) -> dict[str, float]:

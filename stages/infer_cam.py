@@ -4,7 +4,11 @@ Input: the run's CAM checkpoint and dataset index. Output: the split's CAM file 
 As in IRN's make_cam: for each scale the image and its flip go through the network, the maps are upsampled
 to the image size rounded up to a multiple of the output stride (`strided_up_size`), cropped to the image and
 summed over scales and flips, then each labelled class is divided by its maximum, all on the device (batched
-tensor ops; only the labelled maps, in float16, come back to the host).
+tensor ops; only they, in float16, come back). Only the labelled classes' maps are resized and summed (IRN resizes
+all of them and keeps the labelled ones): the same maps, for a fraction of the work on VOC's 20 or COCO's 80
+classes, though not bit for bit what this stage wrote when it resized every class in channels_last: that
+kernel rounds differently, so 1.5e-5 of the stored float32 values moved by one float16 step, and no pixel's
+label at the 0.30 threshold changed (256 synthetic images; benchmarks/README.md "Profile").
 Images of equal size are batched together (in order of size, so VOC's mixed sizes batch too), and each scale's
 views go through the network in cache-sized chunks (`core.device.forward_pixel_budget`); benchmarks/infer_cam.py
 measures this against the one-image-at-a-time way of the IRN/SEAM code. A writer thread compresses and writes
@@ -73,9 +77,9 @@ def infer_cam(run: Run, config: InferCamConfig, *, force: bool = False) -> dict:
                     batches = same_size_batches(part, normalization, config.batch_size, config.workers,
                                                 pin_memory=device.type == "cuda")
                     for batch_samples, images in batches:
-                        cams = fused_cams(cam_function, images.to(device, non_blocking=True), config.scales, config.flip, device,
-                                          config.amp, output_stride)
                         classes = [np.array(sample.labels, dtype=np.int64) for sample in batch_samples]
+                        cams = fused_cams(cam_function, images.to(device, non_blocking=True), config.scales,
+                                          config.flip, device, config.amp, output_stride, classes)
                         background.submit(write_batch, writer, batch_samples, labelled_cams(cams, classes),
                                           classes)
                         bar.update(task, advance=len(batch_samples))

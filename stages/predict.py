@@ -196,8 +196,8 @@ def _classes_and_cams(run: Run, config: PredictConfig, samples: list[Sample], id
                                                         on_bad=skip):
             images = images.to(device)
             scores = torch.sigmoid(model(images).float()).cpu().numpy()
-            cams = fused_cams(model.cams, images, config.cam_scales, True, device, config.amp, output_stride)
             classes = [np.flatnonzero(image_scores > config.class_threshold) + 1 for image_scores in scores]
+            cams = fused_cams(model.cams, images, config.cam_scales, True, device, config.amp, output_stride, classes)
             for sample, image_scores, image_classes, image_cams in zip(batch_samples, scores, classes,
                                                                         labelled_cams(cams, classes)):
                 with CamWriter(run.predicted_cams / f"{sample.id}.h5", **attributes) as writer:

@@ -132,21 +132,29 @@ def test_fused_cams_follow_irns_strided_up_size():
 
 def test_labelled_cams_scale_each_class_to_one():
     cams = torch.tensor([[[[0.0, 2.0], [-1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]], [[5.0, 5.0], [5.0, 5.0]]]])
-    first, = labelled_cams(cams, [np.array([1, 2])])
-    assert first.dtype == torch.float16 and first.shape == (2, 2, 2)  # only the labelled classes 1 and 2
+    first, = labelled_cams(cams, [np.array([4, 7])])  # two classes: the first two maps of the fused CAMs
+    assert first.dtype == torch.float16 and first.shape == (2, 2, 2)
     np.testing.assert_allclose(first[0].float(), [[0, 2 / (2 + 1e-5)], [0, 1 / (2 + 1e-5)]], rtol=1e-3)
     assert torch.all(first[1] == 0)  # an empty map stays empty instead of dividing by zero
 
 
-def test_labelled_cams_of_a_batch_are_each_images_maps_as_numpy_normalised_them():
-    """Bit for bit what infer-cam wrote before it normalised on the device: per image, its classes' maps, ReLU,
-    divided by max + 1e-5 in float32, then float16; images with no class, one, or several in one batch."""
-    cams = torch.randn(4, 5, 9, 7) * 3
+def test_cams_of_the_labelled_classes_are_each_images_maps_as_numpy_normalised_them():
+    """Fusing only the labelled classes' maps, then normalising on the device, gives bit for bit what infer-cam
+    wrote when it fused every class and normalised in NumPy: per image, its classes' maps, ReLU, divided by
+    max + 1e-5 in float32, then float16; images with no class, one, or several in one batch."""
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(3, 5, 3, stride=4, padding=1)
+    images = torch.randn(4, 3, 21, 26)
     classes = [np.array([2, 5]), np.array([], dtype=np.int64), np.array([1]), np.array([1, 3, 4])]
-    for image_cams, image_classes, result in zip(cams.numpy(), classes, labelled_cams(cams, classes)):
+    every_class = fused_cams(network, images, [1.0, 0.5], True, torch.device("cpu"), False, 4).numpy()
+    fused = fused_cams(network, images, [1.0, 0.5], True, torch.device("cpu"), False, 4, classes)
+    assert fused.shape == (4, 3, 21, 26)
+    for image_cams, image_classes, result in zip(every_class, classes, labelled_cams(fused, classes)):
         selected = np.maximum(image_cams[image_classes - 1], 0)
         expected = (selected / (selected.max(axis=(1, 2), keepdims=True) + 1e-5)).astype(np.float16)
         assert result.shape == expected.shape and np.array_equal(result.numpy(), expected)
+    nothing = fused_cams(network, images, [1.0], True, torch.device("cpu"), False, 4, [np.array([], np.int64)] * 4)
+    assert nothing.shape == (4, 0, 21, 26) and all(r.shape == (0, 21, 26) for r in labelled_cams(nothing, [np.array([], np.int64)] * 4))
 
 
 def test_deeplab_output_and_param_groups():

@@ -16,7 +16,7 @@ from ..core.device import autocast, forward_pixel_budget, memory_format
 def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, scales, flip: bool,
                     device: torch.device, amp: bool,
                     per_view: Callable[[torch.Tensor], torch.Tensor] = lambda maps: maps,
-                    stride: int = 1) -> torch.Tensor:
+                    stride: int = 1, channels: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over `scales` (and horizontal flips) of `per_view(forward(view))`, each resized to the input size.
 
     (N, 3, H, W) images → (N, K, H, W) float32. The views of one scale (the images, then their flips) go through
@@ -24,8 +24,10 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
     output, which is then upsampled to the input size rounded up to a multiple of `stride` and cropped to the input
     size: IRN's make_cam does so with the network's output stride (`strided_up_size`), so a map cell keeps its
     place whatever the image size; stride 1 resizes straight to the input size (the segmenter's full-size logits).
-    `per_view` (e.g. softmax) acts on each view's resized output. An image's result does not depend on the batch
-    it came in (up to the kernels' float rounding).
+    `per_view` (e.g. softmax) acts on each view's resized output. `channels` ((N, K) indices into the network's
+    output channels) keeps only those of each image before resizing: CAMs of the labelled classes, not of all 20
+    (VOC) or 80 (COCO). An image's result does not depend on the batch it came in (up to the kernels' float
+    rounding).
     """
     height, width = images.shape[-2:]
     padded = (-(-height // stride) * stride, -(-width // stride) * stride)
@@ -47,8 +49,16 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
                 maps = forward(chunk.contiguous(memory_format=memory_format(device))).float()
             if len(flipped):
                 maps = torch.cat([maps[:len(originals)], maps[len(originals):].flip(-1)])
+            if channels is not None:
+                first_flip = max(start, count) - count
+                kept = torch.cat([channels[start:start + len(originals)], channels[first_flip:first_flip + len(flipped)]])
+                # Plain NCHW: the resize of a plane then does not depend on how many planes come with it.
+                maps = maps[torch.arange(len(maps), device=maps.device)[:, None], kept.to(maps.device)].contiguous()
             maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
             maps = per_view(maps)
+            if start == 0 and end == views:  # the whole scale in one forward (small images): no zeros to add to
+                scale_sum = maps[:count] + maps[count:] if flip else maps
+                continue
             if scale_sum is None:
                 scale_sum = torch.zeros(count, *maps.shape[1:], device=maps.device)
             scale_sum[start:start + len(originals)] += maps[:len(originals)]
@@ -62,21 +72,28 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
 
 
 def fused_cams(cam_function, images: torch.Tensor, scales, flip: bool, device: torch.device,
-               amp: bool = True, output_stride: int = 1) -> torch.Tensor:
+               amp: bool = True, output_stride: int = 1, classes: list[np.ndarray] | None = None) -> torch.Tensor:
     """(N, 3, H, W) normalised images → (N, C, H, W) CAMs summed over scales (and flips), not yet normalised, on
-    the device; `output_stride`: the network's (see `multi_scale_sum`)."""
-    return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride)
+    the device; `output_stride`: the network's (see `multi_scale_sum`). Given each image's foreground classes
+    (indices 1..C), only their maps are resized and summed: (N, K, H, W), K the most classes of an image, image
+    i's K_i maps first (`labelled_cams` takes them)."""
+    if classes is None:
+        return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride)
+    most = max(len(image_classes) for image_classes in classes)
+    if most == 0:
+        return torch.zeros(len(images), 0, *images.shape[-2:], device=images.device)
+    channels = torch.tensor([list(image_classes - 1) + [image_classes[-1] - 1 if len(image_classes) else 0]
+                             * (most - len(image_classes)) for image_classes in classes], dtype=torch.long)
+    return multi_scale_sum(cam_function, images, scales, flip, device, amp, stride=output_stride, channels=channels)
 
 
 def labelled_cams(cams: torch.Tensor, classes: list[np.ndarray]) -> list[torch.Tensor]:
-    """Fused (N, C, H, W) CAMs and each image's foreground classes (indices 1..C) → per image the (K, H, W)
-    float16 maps of its K classes as the CAM file stores them: ReLU, then each map divided by its maximum (IRN:
-    + 1e-5 so an all-zero map stays zero). One batched op on the CAMs' device for the whole batch, so only the
-    labelled maps, in half precision, leave it."""
+    """`fused_cams(..., classes=classes)` → per image the (K, H, W) float16 maps of its K classes as the CAM file
+    stores them: ReLU, then each map divided by its maximum (IRN: + 1e-5 so an all-zero map stays zero). One
+    batched op on the CAMs' device for the whole batch, so only the labelled maps, in half precision, leave it."""
     counts = [len(image_classes) for image_classes in classes]
     images = torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts, dtype=torch.long))
-    selected = cams[images.to(cams.device),
-                    torch.from_numpy(np.concatenate(classes).astype(np.int64) - 1).to(cams.device)]
-    selected = selected.clamp_min(0)
+    slots = torch.cat([torch.arange(count) for count in counts])
+    selected = cams[images.to(cams.device), slots.to(cams.device)].clamp_min(0)
     selected = selected / (selected.amax(dim=(1, 2), keepdim=True) + 1e-5)
     return list(selected.half().split(counts))

@@ -90,9 +90,11 @@ def update_readme(result: dict) -> None:
         ("`make all` wall time (after install)", f"{result['make_all_wall_seconds']:.0f} s", ""),
     ]
     table = "\n".join(["| result | value | stage time |", "|---|---:|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
-    note = (f"\n\nMeasured by `make bench` (seed {result['seed']}) on {result['machine']['cores']} CPU cores, torch "
-            f"{result['machine']['torch']}; raw numbers and the CAM threshold curve in "
-            "`benchmarks/results/pipeline.json`.")
+    note = (f"\n\nMeasured by `make bench` (seed {result['seed']}) on {result['machine']['cores']} CPU cores "
+            f"({result['machine']['cpu']}), torch {result['machine']['torch']}; of `make all`'s time "
+            f"{result.get('make_all_seconds_outside_stages', float('nan')):.0f} s is outside its stages (starting "
+            "each command); raw numbers and the CAM threshold curve in `benchmarks/results/pipeline.json`. Times "
+            "differ between machines of this kind and between sessions: compare them side by side only.")
     write_readme_table("pipeline", table + note)
 
 

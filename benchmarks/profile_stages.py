@@ -7,7 +7,10 @@
   inputs), fusion and masks (sums, flips, softmax, argmax, normalising, copies), waiting for the loader, and the
   rest (Python, file writing not moved off the main thread, start-up);
 - how long training waits for its loader: one epoch of `train-cam` and of `segment` (`data_wait_share`, which
-  every training stage records in its manifest entry).
+  every training stage records in its manifest entry);
+- the CAM fusion (`fused_cams` on 8 VOC-sized images) resizing every class's map against only the labelled
+  classes' (1 or 2 per image), for 8 (synthetic), 20 (VOC) and 80 (COCO) classes: the run's CAM network with its
+  maps repeated to that many.
 
     python benchmarks/profile_stages.py --run runs/bench [--images 512] [--voc-sized 32] [--rounds 2]
 
@@ -20,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -41,6 +46,7 @@ from stages.core.io import load_image  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
 from stages.infer_cam import infer_cam  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
+from stages.models.multiscale import fused_cams, labelled_cams  # noqa: E402
 from stages.predict import _segmenter  # noqa: E402
 from stages.segment import predict as segment_predict  # noqa: E402
 from stages.segment import segment  # noqa: E402
@@ -112,6 +118,7 @@ def main() -> None:
             print(f"{name} {stage}: {network / stage_seconds:.2f} of the network alone; profile "
                   f"{json.dumps(breakdown)}", file=sys.stderr)
 
+    result["fusion_by_class_count"] = fusion_by_class_count(cam_model, stride, device, args.rounds)
     train_bench = subset_run(work / "training", run, args.images)
     for stage, run_stage in {
         "train-cam": lambda: train_cam(train_bench, TrainCamConfig(epochs=1, val_split="", device=args.device), force=True),
@@ -127,6 +134,27 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     write_readme_table("profile-stages", table(result))
     print(table(result))
+
+
+def fusion_by_class_count(model, stride: int, device: torch.device, rounds: int) -> dict:
+    images = torch.randn(8, 3, 375, 500, device=device)
+    result = {}
+    for count in (8, 20, 80):
+        def cams(views, count=count):
+            maps = model.cams(views)
+            return maps.repeat(1, math.ceil(count / maps.shape[1]), 1, 1)[:, :count]
+        classes = [np.arange(1, 3) + index % (count - 1) if index % 2 else np.array([1 + index % count])
+                   for index in range(len(images))]
+        ways = {"every class": lambda: fused_cams(cams, images, CAM_SCALES, True, device, True, stride),
+                "labelled classes": lambda: labelled_cams(
+                    fused_cams(cams, images, CAM_SCALES, True, device, True, stride, classes), classes)}
+        seconds = {way: [] for way in ways}
+        for _ in range(rounds):
+            for way, function in ways.items():
+                seconds[way].append(timed(function, device))
+        result[str(count)] = {way: statistics.median(values) for way, values in seconds.items()}
+        print(f"fusion with {count} classes: {json.dumps(result[str(count)])}", file=sys.stderr)
+    return result
 
 
 def predict_split(model, samples, out_dir: Path, device: torch.device) -> None:
@@ -233,6 +261,12 @@ def table(result: dict) -> str:
     for stage, row in result["training"].items():
         lines.append(f"| {stage} | {row['images']} | {row['epoch_seconds']:.1f} | "
                      f"{100 * row['data_wait_share']:.1f}% |")
+    lines += ["", "| CAM fusion of 8 VOC-sized images | 8 classes | 20 classes | 80 classes |", "|---|---:|---:|---:|"]
+    fusion = result["fusion_by_class_count"]
+    for way in ("every class", "labelled classes"):
+        lines.append(f"| {way}, seconds | " + " | ".join(f"{fusion[count][way]:.2f}" for count in fusion) + " |")
+    lines.append("| speedup | " + " | ".join(f"{fusion[c]['every class'] / fusion[c]['labelled classes']:.2f}x"
+                                            for c in fusion) + " |")
     return "\n".join(lines)
 
 

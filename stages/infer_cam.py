@@ -7,8 +7,8 @@ summed over scales and flips, then each labelled class is divided by its maximum
 tensor ops; only they, in float16, come back). Only the labelled classes' maps are resized and summed (IRN resizes
 all of them and keeps the labelled ones): the same maps, for a fraction of the work on VOC's 20 or COCO's 80
 classes, though not bit for bit what this stage wrote when it resized every class in channels_last: that
-kernel rounds differently, so 1.5e-5 of the stored float32 values moved by one float16 step, and no pixel's
-label at the 0.30 threshold changed (256 synthetic images; benchmarks/README.md "Profile").
+kernel rounds differently, so up to 2e-5 of the stored float32 values moved by one float16 step, and no pixel's
+label at the 0.30 threshold changed (benchmarks/before_after.py; benchmarks/README.md "Where the time goes").
 Images of equal size are batched together (in order of size, so VOC's mixed sizes batch too), and each scale's
 views go through the network in cache-sized chunks (`core.device.forward_pixel_budget`); benchmarks/infer_cam.py
 measures this against the one-image-at-a-time way of the IRN/SEAM code. A writer thread compresses and writes

@@ -61,13 +61,13 @@ def test_multi_scale_sum_of_a_batch_in_chunks_is_each_images_own_sum(monkeypatch
         torch.testing.assert_close(result, expected[0], rtol=1e-5, atol=1e-5)
 
 
-def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
-    """More images than may wait for the CRF at once (4 x workers + batch): each mask is the CRF of its own image's
-    probabilities, none lost or swapped."""
+def _predicted_and_alone(tmp_path, count: int, crf: bool):
+    """`segment`'s prediction of `count` images in batches of 2, and per image (its mask, its image, its own
+    probabilities computed alone)."""
     torch.manual_seed(0)
     model = DeepLab(SegModelConfig(), num_classes=3).eval()
-    samples = _images(tmp_path, 13)
-    config = SegmentConfig(batch_size=2, workers=1, crf=True, device="cpu", amp=False)
+    samples = _images(tmp_path, count)
+    config = SegmentConfig(batch_size=2, workers=1, crf=crf, device="cpu", amp=False)
     out_dir = tmp_path / "masks"
     out_dir.mkdir()
     predict(model, samples, out_dir, set(), config, torch.device("cpu"), processes())
@@ -75,25 +75,21 @@ def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
         image = load_image(sample.image)
         probabilities = multi_scale_softmax(model, Normalization()(image)[None], PredictionSettings(amp=False),
                                             torch.device("cpu"))[0].numpy()
-        expected = crf_from_probabilities(image, probabilities, POSTPROCESS_CRF)
-        assert np.array_equal(load_mask(out_dir / f"{sample.id}.png"), expected), sample.id
+        yield load_mask(out_dir / f"{sample.id}.png"), image, probabilities
+
+
+def test_prediction_with_crf_streams_every_image_through_the_workers(tmp_path):
+    """More images than may wait for the CRF at once (4 x workers + batch): each mask is the CRF of its own image's
+    probabilities, none lost or swapped."""
+    for mask, image, probabilities in _predicted_and_alone(tmp_path, 13, crf=True):
+        assert np.array_equal(mask, crf_from_probabilities(image, probabilities, POSTPROCESS_CRF))
 
 
 def test_prediction_without_crf_writes_each_images_argmax_from_the_writer_thread(tmp_path):
     """The argmax on the device and the PNGs written by the writer thread: each mask is the argmax of its own
     image's probabilities (NumPy's, as the stage computed it before), none lost or swapped across batches."""
-    torch.manual_seed(0)
-    model = DeepLab(SegModelConfig(), num_classes=3).eval()
-    samples = _images(tmp_path, 11)
-    config = SegmentConfig(batch_size=2, workers=1, device="cpu", amp=False)
-    out_dir = tmp_path / "masks"
-    out_dir.mkdir()
-    predict(model, samples, out_dir, set(), config, torch.device("cpu"), processes())
-    for sample in samples:
-        image = load_image(sample.image)
-        probabilities = multi_scale_softmax(model, Normalization()(image)[None], PredictionSettings(amp=False),
-                                            torch.device("cpu"))[0].numpy()
-        assert np.array_equal(load_mask(out_dir / f"{sample.id}.png"), probabilities.argmax(axis=0)), sample.id
+    for mask, _, probabilities in _predicted_and_alone(tmp_path, 11, crf=False):
+        assert np.array_equal(mask, probabilities.argmax(axis=0))
 
 
 def test_crf_reuses_an_images_kernels_only_for_that_image():

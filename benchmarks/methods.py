@@ -1,9 +1,14 @@
 """Compare CAM methods over several seeds on the synthetic benchmark: CAM, pseudo-mask and segmenter mIoU,
 and train-cam time per epoch, each as mean and spread. Results: `benchmarks/results/methods.json`.
 
-    python benchmarks/methods.py --methods baseline,seam --seeds 0,1,2 [--stop-after pseudo] [--raw-cams]
-        [--fitted-thresholds] [--saliency] [--refine crf,saliency+crf] [--segment-on crf]
+    python benchmarks/methods.py --methods baseline,seam --seeds 0,1,2 [--regime lite0-imagenet-224]
+        [--stop-after pseudo] [--raw-cams] [--fitted-thresholds] [--saliency] [--refine crf,saliency+crf]
+        [--segment-on crf]
 
+`--regime` (one of benchmarks/regimes.py's) adds that regime's data, train-cam and segment options to every run
+and keeps its runs and results apart: `runs/methods-<regime>/`, `benchmarks/results/methods-<regime>.json` and the
+README markers `bench:methods-<regime>` (the default regime, resnet10-scratch, keeps `runs/methods/`,
+`methods.json` and `bench:methods`).
 Each (method, seed) runs in its own folder `runs/methods/<method>-s<seed>/` with the pipeline of `make all`
 (CAM inference at 1.0/0.5/1.5 + flip, IRN thresholds, CRF pseudo masks, segmenter on them); all runs share one
 generated dataset. A finished stage is not re-run (its manifest entry exists), so the script can be resumed.
@@ -29,7 +34,7 @@ from stages.registry import CAM_METHODS  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
-RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
+DEFAULT_REGIME = "resnet10-scratch"
 COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM (train)"),
            ("pseudo-crf_train_miou", "pseudo masks, CRF (train)"),
            ("pseudo-saliency_train_miou", "pseudo masks, saliency (train)"),
@@ -66,11 +71,11 @@ def fitted_pseudo_masks(run: Path, cams: str) -> None:
     wsss("evaluate", f"pseudo/{mask_set}", "--run", str(run), "--split", "train")
 
 
-def shared_saliency(runs: Path, data: Path) -> Path:
+def shared_saliency(runs: Path, data: Path, data_options: list[str]) -> Path:
     """The built-in saliency maps of the shared dataset's train split, computed once; returns their directory."""
     run = runs / "saliency"
     if not done(run, "data"):
-        wsss("data", "synth", "--run", str(run), "--out", str(data))
+        wsss("data", "synth", "--run", str(run), "--out", str(data), *data_options)
     if not done(run, "saliency/train"):
         wsss("saliency", "--run", str(run), "--split", "train")
     return run / "saliency"
@@ -78,15 +83,19 @@ def shared_saliency(runs: Path, data: Path) -> Path:
 
 def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Path, stop_after: str,
                  raw_cams: bool, fitted: bool, saliency: Path | None, refine_sets: list[str],
-                 segment_on: str) -> None:
+                 segment_on: str, regime: str = DEFAULT_REGIME) -> None:
+    from regimes import REGIMES  # here: regimes.py imports this module
+
+    data_options, cam_options, segment_options = (text.split() for text in REGIMES[regime])
     run_args = ["--run", str(run)]
     saliency_args = ["--saliency", str(saliency)] if saliency else []
     if not done(run, "data"):
-        wsss("data", "synth", *run_args, "--out", str(data))
+        wsss("data", "synth", *run_args, "--out", str(data), *data_options)
     if not done(run, "train-cam"):
         option_args = [arg for option in options
                        for arg in (option.split("=", 1) if option.startswith("--") else ("-o", option))]
-        wsss("train-cam", *run_args, "--method", method, *option_args, *saliency_args, "--seed", str(seed))
+        wsss("train-cam", *run_args, "--method", method, *cam_options, *option_args, *saliency_args, "--seed",
+             str(seed))
     if not done(run, "evaluate/cams_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5")
         wsss("evaluate", "cams", *run_args, "--split", "train")
@@ -110,7 +119,8 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
     if stop_after == "pseudo":
         return
     if not done(run, f"evaluate/segment-pseudo-{segment_on}_val"):
-        wsss("segment", *run_args, "--labels", "pseudo", "--pseudo", segment_on, "--seed", str(seed))
+        wsss("segment", *run_args, "--labels", "pseudo", "--pseudo", segment_on, "--seed", str(seed),
+             *segment_options)
         wsss("evaluate", f"segment/pseudo-{segment_on}", *run_args, "--split", "val")
 
 
@@ -142,6 +152,8 @@ def summarise(per_seed: list[dict]) -> dict:
 
 
 def main() -> None:
+    from regimes import REGIMES  # here: regimes.py imports this module
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="baseline", help="comma list; a variant is NAME:KEY=VALUE;KEY=VALUE")
     parser.add_argument("--seeds", default="0,1,2")
@@ -155,15 +167,20 @@ def main() -> None:
     parser.add_argument("--refine", default="crf", help="comma list of pseudo-mask sets to make and score, each "
                                                         "a refinement spelled with + (crf, saliency, saliency+crf)")
     parser.add_argument("--segment-on", default="crf", help="the pseudo-mask set the segmenter trains on")
-    parser.add_argument("--runs", type=Path, default=Path("runs/methods"))
+    parser.add_argument("--regime", choices=list(REGIMES), default=DEFAULT_REGIME,
+                        help="benchmarks/regimes.py's regime: its data, train-cam and segment options")
+    parser.add_argument("--runs", type=Path, help="default: runs/methods (runs/methods-REGIME)")
     args = parser.parse_args()
-    runs = args.runs if args.runs.is_absolute() else ROOT / args.runs
+    suffix = "" if args.regime == DEFAULT_REGIME else f"-{args.regime}"
+    results_path = ROOT / "benchmarks" / "results" / f"methods{suffix}.json"
+    runs = args.runs or Path(f"runs/methods{suffix}")
+    runs = runs if runs.is_absolute() else ROOT / runs
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     refine_sets = [name for name in args.refine.split(",") if name]
     if any("saliency" in name.split("+") for name in refine_sets) and not args.saliency:
         parser.error("pseudo-mask sets with saliency need --saliency")
-    saliency = shared_saliency(runs, runs / "synth") if args.saliency else None
+    saliency = shared_saliency(runs, runs / "synth", REGIMES[args.regime][0].split()) if args.saliency else None
     if saliency:
         info = json.loads((saliency / "info-train.json").read_text())
         results["saliency (built-in mbd, train)"] = {"mae": info.get("mae"), "max_f": info.get("max_f")}
@@ -174,15 +191,15 @@ def main() -> None:
         for seed in seeds:
             run = runs / f"{spec.replace(':', '_').replace(';', '_').replace('=', '-')}-s{seed}"
             run_pipeline(run, method, options, seed, runs / "synth", args.stop_after, args.raw_cams,
-                         args.fitted_thresholds, saliency, refine_sets, args.segment_on)
+                         args.fitted_thresholds, saliency, refine_sets, args.segment_on, args.regime)
             per_seed.append({"seed": seed, **collect(run)})
         results[spec] = {"seeds": per_seed, "summary": summarise([{k: v for k, v in s.items() if k != "seed"}
                                                                   for s in per_seed])}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
     table = results_table(results)
     print(table, file=sys.stderr)
-    write_readme_table("methods", table)
+    write_readme_table(f"methods{suffix}", table)
 
 
 def results_table(results: dict) -> str:

@@ -4,13 +4,15 @@ pixel contrast (`segment --contrast memory`) on the same pseudo masks and on gro
 Results: `benchmarks/results/memory_methods.json` and the table in benchmarks/README.md `bench:memory-methods`.
 
     python benchmarks/memory_methods.py --seeds 0,1,2 [--variants pseudo-crf-memory,mcic,...]
-        [--contrast-option pixel_memory=1000 ...]
+        [--contrast-option pixel_memory=1000 ...] [--regime lite0-imagenet-224]
 
 Each seed works in the methods benchmark's `runs/methods/baseline-s<seed>/` (run `benchmarks/methods.py
 --methods baseline --seeds ...` first): its CRF pseudo masks and its segmenter on them (`segment/pseudo-crf`,
 same code path, same seed) are the two-stage pipeline this compares with. MCIC reads the shared dataset's
 built-in saliency maps (`runs/methods/saliency/saliency`, made by `methods.py --saliency`). Finished stages are
-not re-run, so the script can be resumed.
+not re-run, so the script can be resumed. `--regime` (one of benchmarks/regimes.py's) works in that regime's
+methods runs (`runs/methods-<regime>/`, from `methods.py --regime`), adds its segment options, and writes
+`memory_methods-<regime>.json` and the markers `bench:memory-methods-<regime>`.
 """
 
 from __future__ import annotations
@@ -28,16 +30,16 @@ sys.path.insert(0, str(ROOT))
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
-RESULTS = ROOT / "benchmarks" / "results" / "memory_methods.json"
-SALIENCY = ROOT / "runs" / "methods" / "saliency" / "saliency"
-# variant → (segment tag, extra `wsss segment` arguments; CONTRAST stands for the contrast options)
+DEFAULT_REGIME = "resnet10-scratch"
+# variant → (segment tag, extra `wsss segment` arguments; CONTRAST stands for the contrast options, SALIENCY for
+# the saliency maps of the regime's methods runs)
 VARIANTS = {
     "pseudo-crf": ("pseudo-crf", ["--labels", "pseudo", "--pseudo", "crf"]),
     "pseudo-crf-memory": ("pseudo-crf-memory", ["--labels", "pseudo", "--pseudo", "crf", "--contrast", "memory",
                                                 "CONTRAST"]),
     "gt": ("gt", ["--labels", "gt"]),
     "gt-memory": ("gt-memory", ["--labels", "gt", "--contrast", "memory", "CONTRAST"]),
-    "mcic": ("mcic", ["--method", "mcic", "--saliency", str(SALIENCY)]),
+    "mcic": ("mcic", ["--method", "mcic", "--saliency", "SALIENCY"]),
     "pseudo-mcic": ("pseudo-mcic", ["--labels", "pseudo", "--pseudo", "mcic"]),  # second round on MCIC's seeds
 }
 NAMES = {"pseudo-crf": "segmenter on CRF pseudo masks", "pseudo-crf-memory": "same + memory contrast",
@@ -54,13 +56,15 @@ def stages_of(run: Path) -> dict:
     return json.loads(manifest.read_text())["stages"] if manifest.exists() else {}
 
 
-def run_variant(run: Path, variant: str, seed: int, contrast_options: list[str]) -> None:
+def run_variant(run: Path, variant: str, seed: int, contrast_options: list[str], segment_options: list[str]) -> None:
     tag, extra = VARIANTS[variant]
     if f"evaluate/segment-{tag}_val" in stages_of(run):
         return
-    args = [arg for item in extra for arg in
-            ([a for option in contrast_options for a in ("--contrast-option", option)] if item == "CONTRAST" else [item])]
-    wsss("segment", "--run", str(run), *args, "--seed", str(seed))
+    contrast = [a for option in contrast_options for a in ("--contrast-option", option)]
+    saliency = [str(run.parent / "saliency" / "saliency")]
+    args = [arg for item in extra
+            for arg in {"CONTRAST": contrast, "SALIENCY": saliency}.get(item, [item])]
+    wsss("segment", "--run", str(run), *args, "--seed", str(seed), *segment_options)
     wsss("evaluate", f"segment/{tag}", "--run", str(run), "--split", "val")
     if variant == "mcic":
         wsss("evaluate", "pseudo/mcic", "--run", str(run), "--split", "train")
@@ -109,12 +113,20 @@ def table(summary: dict) -> str:
 
 
 def main() -> None:
+    from regimes import REGIMES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--contrast-option", action="append", default=[],
                         help="KEY=VALUE passed to --contrast-option of the memory-contrast variants")
+    parser.add_argument("--regime", choices=list(REGIMES), default=DEFAULT_REGIME,
+                        help="benchmarks/regimes.py's regime: its methods runs and segment options")
     args = parser.parse_args()
+    suffix = "" if args.regime == DEFAULT_REGIME else f"-{args.regime}"
+    runs = ROOT / "runs" / f"methods{suffix}"
+    results_path = ROOT / "benchmarks" / "results" / f"memory_methods{suffix}.json"
+    segment_options = REGIMES[args.regime][2].split()
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -122,16 +134,17 @@ def main() -> None:
         parser.error(f"unknown variants {unknown} (choose from {', '.join(VARIANTS)})")
     for variant in variants:  # variant-major: each comparison gets all its seeds before the next one starts
         for seed in seeds:
-            run = ROOT / "runs" / "methods" / f"baseline-s{seed}"
+            run = runs / f"baseline-s{seed}"
             if not (run / "pseudo" / "crf").is_dir():
-                sys.exit(f"{run} has no CRF pseudo masks: run benchmarks/methods.py --methods baseline first")
-            run_variant(run, variant, seed, args.contrast_option)
-    per_seed = {seed: collect(ROOT / "runs" / "methods" / f"baseline-s{seed}") for seed in seeds}
+                sys.exit(f"{run} has no CRF pseudo masks: run benchmarks/methods.py --methods baseline"
+                         f"{' --regime ' + args.regime if suffix else ''} first")
+            run_variant(run, variant, seed, args.contrast_option, segment_options)
+    per_seed = {seed: collect(runs / f"baseline-s{seed}") for seed in seeds}
     summary = summarise(list(per_seed.values()))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"seeds": seeds, "contrast_options": args.contrast_option,
-                                   "per_seed": per_seed, "summary": summary}, indent=2) + "\n")
-    write_readme_table("memory-methods", table(summary))
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps({"regime": args.regime, "seeds": seeds, "contrast_options": args.contrast_option,
+                                        "per_seed": per_seed, "summary": summary}, indent=2) + "\n")
+    write_readme_table(f"memory-methods{suffix}", table(summary))
     print(table(summary))
 
 

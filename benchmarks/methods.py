@@ -42,6 +42,8 @@ COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM 
            ("pseudo-crf-raw_train_miou", "pseudo masks from raw CAMs, CRF (train)"),
            ("pseudo-crf-fitted_train_miou", "pseudo masks, CRF, fitted fg thr. (train)"),
            ("pseudo-crf-raw-fitted_train_miou", "pseudo masks from raw CAMs, CRF, fitted fg thr. (train)"),
+           ("pseudo-crf_train_coverage", "CRF pseudo masks: coverage"),
+           ("pseudo-crf_train_miou_confident", "CRF pseudo masks: confident-pixel mIoU"),
            ("segment-pseudo-crf_val_miou", "segmenter (val)"),
            ("segment-pseudo-saliency+crf_val_miou", "segmenter on saliency + CRF masks (val)"))
 STAGES = ("cam", "pseudo", "segment")
@@ -127,6 +129,7 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
 def collect(run: Path) -> dict:
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     numbers = {"train_cam_epoch_seconds": stages["train-cam"]["metrics"]["epoch_seconds"],
+               "train_cam_peak_rss_mib": stages["train-cam"].get("peak_rss_mib"),
                "classifier_val_map": stages["train-cam"]["metrics"].get("val_map")}
     for name in ("cams_train", "cams-raw_train", "pseudo-crf_train", "pseudo-saliency_train", "pseudo-saliency+crf_train",
                  "pseudo-crf-raw_train", "pseudo-crf-fitted_train", "pseudo-crf-raw-fitted_train",
@@ -135,6 +138,9 @@ def collect(run: Path) -> dict:
         if path.exists():
             result = json.loads(path.read_text())
             numbers[f"{name}_miou"] = result["miou"]
+            for key in ("coverage", "miou_confident"):
+                if name.startswith("pseudo-") and result.get(key) is not None:
+                    numbers[f"{name}_{key}"] = result[key]
             if "best_threshold" in result:
                 numbers[f"{name}_threshold"] = result["best_threshold"]
             numbers.update({f"{name}_{kind}": share for kind, share in result.get("errors", {}).items()})
@@ -203,21 +209,31 @@ def main() -> None:
 
 
 def results_table(results: dict) -> str:
-    """Markdown: mIoU mean ± sample std over seeds (n), and train-cam seconds per epoch (median over seeds).
-    A column no method has a number for is left out."""
+    """Markdown: each number (mIoU, coverage: %) as mean ± sample std over the seeds with the per-seed values in
+    brackets, and train-cam's seconds per epoch and peak memory (median over seeds). A column no method has a
+    number for is left out."""
     results = {spec: result for spec, result in results.items() if "summary" in result}
     columns = [(key, title) for key, title in COLUMNS if any(key in r["summary"] for r in results.values())]
-    header = "| method | seeds | " + " | ".join(title for _, title in columns) + " | train-cam s/epoch |"
-    lines = [header, "|---" * (len(columns) + 3) + "|"]
+    header = ("| method | seeds | " + " | ".join(title for _, title in columns)
+              + " | train-cam s/epoch | train-cam peak MiB |")
+    lines = [header, "|---" * (len(columns) + 4) + "|"]
     for spec, result in results.items():
         summary, seeds = result["summary"], [s["seed"] for s in result["seeds"]]
         cells = []
         for key, _ in columns:
             s = summary.get(key)
-            cells.append(f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} (n={s['n']})" if s else "–")
-        epochs = sorted(s["train_cam_epoch_seconds"] for s in result["seeds"])
-        lines.append(f"| {spec} | {','.join(map(str, seeds))} | " + " | ".join(cells) + f" | {epochs[len(epochs) // 2]:.1f} |")
+            values = " / ".join(f"{100 * seed[key]:.1f}" for seed in result["seeds"] if seed.get(key) is not None)
+            cells.append("–" if not s else f"{100 * s['mean']:.1f}" if s["n"] == 1
+                         else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({values})")
+        lines.append(f"| {spec} | {','.join(map(str, seeds))} | " + " | ".join(cells)
+                     + f" | {median_of(result, 'train_cam_epoch_seconds', '.1f')} | "
+                     f"{median_of(result, 'train_cam_peak_rss_mib', '.0f')} |")
     return "\n".join(lines)
+
+
+def median_of(result: dict, key: str, spec: str) -> str:
+    values = sorted(seed[key] for seed in result["seeds"] if seed.get(key) is not None)
+    return format(values[len(values) // 2], spec) if values else "–"
 
 
 if __name__ == "__main__":

@@ -394,10 +394,11 @@ def _stages_html(manifest: dict) -> str:
     if not stages:
         return "<p>No stage has been recorded yet.</p>"
     rows = [
-        [html.escape(key), html.escape(str(entry.get("started", MISSING))), f"{entry.get('seconds', 0):.1f}"]
+        [html.escape(key), html.escape(str(entry.get("started", MISSING))), f"{entry.get('seconds', 0):.1f}",
+         f"{entry['peak_rss_mib']:.0f}" if "peak_rss_mib" in entry else MISSING]
         for key, entry in stages.items()
     ]
-    return _table(["stage", "started", "seconds"], rows)
+    return _table(["stage", "started", "seconds", "peak memory (MiB)"], rows)
 
 
 def _legend_html(class_names: list[str]) -> str:

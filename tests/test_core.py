@@ -152,6 +152,7 @@ def test_manifest_records_successful_stages_only(tmp_path):
     stages = run.manifest()["stages"]
     assert list(stages) == ["first"]
     assert stages["first"]["outputs"] == ["out.txt"] and stages["first"]["metrics"] == {"x": 0.5}
+    assert 10 < stages["first"]["peak_rss_mib"] < 64 * 1024  # MiB: this process, torch imported
     with pytest.raises(UserError, match="wsss data synth"):
         run.dataset()
 

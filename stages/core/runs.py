@@ -14,11 +14,15 @@ holds each stage from its start to its end). A stage refuses an input whose prod
 from __future__ import annotations
 
 import hashlib
+import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from .. import __version__
 from ..data.index import DatasetIndex
@@ -115,6 +119,8 @@ class Run(Layout):
             manifest.setdefault("unfinished", {})[stage.key] = {"started": started.isoformat(timespec="seconds"),
                                                                 "config": config}
             write_json(self.manifest_path, manifest)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         metrics = stage.work()
         if processes().is_main:
             manifest = self.manifest()
@@ -127,6 +133,7 @@ class Run(Layout):
                                  "outputs": {self._relative(p): fingerprint(p) for p in stage.outputs}},
                 "started": started.isoformat(timespec="seconds"),
                 "seconds": round(time.perf_counter() - clock, 2),
+                **peak_memory(),
                 "metrics": metrics,
                 "wsss_version": __version__,
             }
@@ -220,3 +227,14 @@ class Run(Layout):
             return str(path.resolve().relative_to(self.root.resolve()))
         except ValueError:
             return str(path)
+
+
+def peak_memory() -> dict[str, float]:
+    """The stage's peak memory for its manifest entry: the process's peak resident set in MiB (since the process
+    started: a `wsss` command runs one stage, a script running several reports the largest so far; loader and
+    CRF worker processes not included) and, on CUDA, the peak of the GPU memory the stage allocated."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peaks = {"peak_rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if torch.cuda.is_available():
+        peaks["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peaks

@@ -13,6 +13,7 @@ Protocol, fixed before any result. For each seed and method, in a copy of the re
 Everything goes to benchmarks/results/affinity.json after each run (`--resume` keeps the runs it holds).
 
     python benchmarks/affinity.py --regime lite0-imagenet --seeds 0,1,2 [--segment rw-irn+crf] [--resume]
+    python benchmarks/affinity.py --table   # the table between the bench:affinity markers, from the results file
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from readme_table import machine_info  # noqa: E402  (benchmarks/, the script's folder)
+from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from regimes import REGIMES  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "affinity.json"
@@ -143,13 +144,69 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def table(results: dict) -> str:
+    """Per regime: each mask set's mIoU, coverage and confident-pixel mIoU (mean ± sd, per seed in brackets), the
+    stages' seconds (median over seeds), the walk on VOC-sized images, and the segmenters where measured."""
+    lines = []
+    for regime in dict.fromkeys(run["regime"] for run in results["runs"]):
+        runs = sorted((run for run in results["runs"] if run["regime"] == regime), key=lambda run: run["seed"])
+        seeds = ",".join(str(run["seed"]) for run in runs)
+        lines += [f"Regime `{regime}`, seeds {seeds}, on {results['machine']['cpu']} "
+                  f"({results['machine']['cores']} cores):", "",
+                  "| mask set | mIoU (train) | coverage | confident-pixel mIoU | pseudo-label s |",
+                  "|---|---|---|---|---:|"]
+        for name in dict.fromkeys(name for run in runs for name in run["sets"]):
+            cells = []
+            for key in KEYS:
+                values = [run["sets"][name][key] for run in runs
+                          if name in run["sets"] and run["sets"][name][key] is not None]
+                cells.append(spread(values))
+            seconds = sorted(run["seconds"][f"pseudo-label-{name}"] for run in runs
+                             if f"pseudo-label-{name}" in run["seconds"])
+            median = f"{seconds[len(seconds) // 2]:.0f}" if seconds else "–"  # crf: made by the regime's run
+            lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {median} |")
+        lines += ["", "| affinity method | train-affinity s | walk s per VOC-sized image | peak RSS MiB |",
+                  "|---|---:|---:|---:|"]
+        for method in dict.fromkeys(method for method, _ in MASK_SETS.values()):
+            train = sorted(run["seconds"][f"train-affinity-{method}"] for run in runs
+                           if f"train-affinity-{method}" in run["seconds"])
+            walks = [run[f"voc_sized_{method}"] for run in runs if f"voc_sized_{method}" in run]
+            if train:
+                lines.append(f"| {method} | {train[len(train) // 2]:.0f} | "
+                             f"{statistics.median(w['seconds_per_image'] for w in walks):.2f} | "
+                             f"{max(w['peak_rss_mib'] for w in walks):.0f} |")
+        segmented = [run for run in runs if run.get("segment")]
+        if segmented:
+            lines += ["", "| segmenter trained on | val mIoU |", "|---|---|"]
+            for name in dict.fromkeys(name for run in segmented for name in run["segment"]):
+                lines.append(f"| `{name}` | {spread([run['segment'][name] for run in segmented])} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def spread(values: list[float]) -> str:
+    """mIoU-like shares as % : mean ± sd (per value), or the one value."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return (f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f} ("
+            + " / ".join(f"{100 * v:.1f}" for v in values) + ")")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regime", required=True, choices=list(REGIMES))
+    parser.add_argument("--table", action="store_true", help="only write the README table from the results file")
+    parser.add_argument("--regime", choices=list(REGIMES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--segment", default="", help="also train the segmenter on this mask set")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
     args = parser.parse_args()
+    if args.table:
+        write_readme_table("affinity", table(json.loads(RESULTS.read_text())))
+        return
+    if not args.regime:
+        parser.error("--regime is required (or --table)")
     if args.segment and args.segment not in MASK_SETS:
         parser.error(f"--segment takes one of {', '.join(MASK_SETS)}")
     runs = json.loads(RESULTS.read_text())["runs"] if args.resume and RESULTS.exists() else []

@@ -121,7 +121,8 @@ def main() -> None:
     result["fusion_by_class_count"] = fusion_by_class_count(cam_model, stride, device, args.rounds)
     train_bench = subset_run(work / "training", run, args.images)
     for stage, run_stage in {
-        "train-cam": lambda: train_cam(train_bench, TrainCamConfig(epochs=1, val_split="", device=args.device), force=True),
+        "train-cam": lambda: train_cam(train_bench, TrainCamConfig(epochs=1, val_split="", device=args.device),
+                                       force=True),
         "segment": lambda: segment(train_bench, SegmentConfig(epochs=1, labels="gt", predict_splits=(),
                                                               device=args.device), force=True),
     }.items():

@@ -42,16 +42,17 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
         scale_sum = None
         for start in range(0, views, per_forward):
             end = min(start + per_forward, views)
+            first_flip = max(start, count) - count  # the image whose flip is the chunk's first flipped view
             originals = scaled[start:min(end, count)]  # the chunk's unflipped views, then its flipped ones
-            flipped = scaled[max(start, count) - count:max(end, count) - count].flip(-1)
+            flipped = scaled[first_flip:max(end, count) - count].flip(-1)
             chunk = torch.cat([originals, flipped]) if len(flipped) else originals
             with autocast(device, amp):
                 maps = forward(chunk.contiguous(memory_format=memory_format(device))).float()
             if len(flipped):
                 maps = torch.cat([maps[:len(originals)], maps[len(originals):].flip(-1)])
             if channels is not None:
-                first_flip = max(start, count) - count
-                kept = torch.cat([channels[start:start + len(originals)], channels[first_flip:first_flip + len(flipped)]])
+                kept = torch.cat([channels[start:start + len(originals)],
+                                  channels[first_flip:first_flip + len(flipped)]])
                 # Plain NCHW: the resize of a plane then does not depend on how many planes come with it.
                 maps = maps[torch.arange(len(maps), device=maps.device)[:, None], kept.to(maps.device)].contiguous()
             maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
@@ -62,7 +63,6 @@ def multi_scale_sum(forward: Callable[[torch.Tensor], torch.Tensor], images: tor
             if scale_sum is None:
                 scale_sum = torch.zeros(count, *maps.shape[1:], device=maps.device)
             scale_sum[start:start + len(originals)] += maps[:len(originals)]
-            first_flip = max(start, count) - count
             scale_sum[first_flip:first_flip + len(flipped)] += maps[len(originals):]
         if total is None:
             total = scale_sum

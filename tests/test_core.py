@@ -10,6 +10,7 @@ from stages.core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from stages.core.errors import UserError
 from stages.core.io import atomic_path, load_image, load_mask, save_mask, write_json, read_json
 from stages.core.runs import Run, Stage
+from stages.core.training import loss_terms, timing_metrics
 from stages.data.index import DatasetIndex, Sample, check_sample_id
 from PIL import Image
 
@@ -198,3 +199,12 @@ def test_mask_size_check_names_the_file(tmp_path):
         check_mask_sizes([sample], lambda s: str(tmp_path / "b.png"))
     with pytest.raises(UserError, match="cannot read mask or image of 'a'"):
         check_mask_sizes([sample], lambda s: str(tmp_path / "missing.png"))
+
+
+def test_an_epochs_timings_are_not_loss_terms_and_the_data_wait_share_is_over_all_epochs():
+    history = [{"cls": 0.5, "val_map": 0.9, "seconds": 10.0, "data_seconds": 1.0},
+               {"cls": 0.3, "aux": 0.1, "val_map": 0.95, "seconds": 30.0, "data_seconds": 1.0}]
+    assert loss_terms(history[1]) == {"cls": 0.3, "aux": 0.1}
+    assert timing_metrics(history) == {"epoch_seconds": 20.0, "data_wait_share": 0.05}  # 2 s of 40
+    # a training state saved before the wait was recorded counts its epochs as not waiting
+    assert timing_metrics([{"cls": 1.0, "seconds": 4.0}]) == {"epoch_seconds": 4.0, "data_wait_share": 0.0}

@@ -56,6 +56,10 @@ def test_manifest_lists_every_stage_with_outputs(run_dir):
         assert stages[key]["seconds"] >= 0
     assert stages["train-cam"]["outputs"] == ["cam/checkpoint.pt"]
     assert 0 <= stages["train-cam"]["metrics"]["val_map"] <= 1
+    for key in ("train-cam", "segment/pseudo-crf"):  # every epoch's wait for the loader, and its share
+        metrics = stages[key]["metrics"]
+        assert all(0 <= epoch["data_seconds"] <= epoch["seconds"] for epoch in metrics["history"])
+        assert 0 <= metrics["data_wait_share"] < 1 and stages[key]["peak_rss_mib"] > 0
 
 
 def test_cam_file_has_one_map_per_labelled_class(run_dir):

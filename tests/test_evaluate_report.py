@@ -243,9 +243,9 @@ def add_training_stage(run: Run, key: str, metrics: dict) -> None:
 
 
 def test_report_plots_the_recorded_training_history(run):
-    history = [{"cls": 0.7, "val_map": 0.5, "val_f1": 0.4, "seconds": 2.0},
-               {"cls": 0.5, "val_map": 0.6, "val_f1": 0.5, "seconds": 2.0},
-               {"cls": 0.4, "val_map": 0.8, "val_f1": 0.6, "seconds": 2.0}]
+    history = [{"cls": 0.7, "val_map": 0.5, "val_f1": 0.4, "seconds": 2.0, "data_seconds": 0.1},
+               {"cls": 0.5, "val_map": 0.6, "val_f1": 0.5, "seconds": 2.0, "data_seconds": 0.1},
+               {"cls": 0.4, "val_map": 0.8, "val_f1": 0.6, "seconds": 2.0, "data_seconds": 0.1}]
     add_training_stage(run, "train-cam", {"val_map": 0.8, "history": history})
     add_training_stage(run, "segment/gt", {"final_loss": 0.3})  # recorded before the history was
     report(run, ReportConfig(num_samples=1))
@@ -254,6 +254,7 @@ def test_report_plots_the_recorded_training_history(run):
     # the loss (one series, no legend) and the two validation metrics in % (a legend), 3 epochs each
     assert page.count('<svg class="plot"') == 2 and page.count('class="point"') == 3 * 3
     assert '<text class="legend"' in page and ">val_map<" in page and "<title>seconds:" not in page
+    assert "data_seconds" not in page  # a timing, not a loss term
     assert "segment/gt: no per-epoch history recorded." in page
 
 

@@ -9,7 +9,8 @@ Protocol, fixed before any result. For each seed and method, in a copy of the re
   - stage seconds from the manifest, and the walk's seconds per image and peak memory on VOC-sized copies
     (500x375) of 8 train images in a child process (`--voc-sized`);
   - with `--segment SET`: the segmenter (`make all`'s options) trained on that set, evaluated on val, against
-    the run's segmenter on `crf` (choose SET by the mean mIoU over seeds, after the pseudo-mask phase).
+    the run's segmenter on `crf` (choose SET by the mean mIoU over seeds, after the pseudo-mask phase; with
+    `--resume`, a seed whose sets are measured trains on them in its runs as they are).
 Everything goes to benchmarks/results/affinity.json after each run (`--resume` keeps the runs it holds).
 
     python benchmarks/affinity.py --regime lite0-imagenet --seeds 0,1,2 [--segment rw-irn+crf] [--resume]
@@ -72,13 +73,20 @@ def measure(regime: str, seed: int, segment_set: str) -> dict:
             record["seconds"][f"pseudo-label-{name}"] = stage_seconds(run, f"pseudo-label/{name}")
             record["sets"][name] = pick(evaluation(run, f"pseudo-{name}", "train"))
     if segment_set:
-        run = method_run(source, regime, seed, MASK_SETS[segment_set][0], fresh=False)
-        _, _, segment_options = REGIMES[regime]
-        sh(WSSS, "segment", "--run", str(run), "--pseudo", segment_set, "--seed", str(seed), *segment_options.split())
-        sh(WSSS, "evaluate", f"segment/pseudo-{segment_set}", "--run", str(run), "--split", "val")
-        record["segment"] = {segment_set: evaluation(run, f"segment-pseudo-{segment_set}", "val")["miou"],
-                             "crf": evaluation(source, "segment-pseudo-crf", "val")["miou"]}
+        record["segment"] = segmenters(regime, seed, segment_set)
     return record
+
+
+def segmenters(regime: str, seed: int, segment_set: str) -> dict:
+    """The segmenter (the regime's options) trained on `segment_set` in its method's run, against the regime
+    run's segmenter on the CRF masks: val mIoU of each."""
+    source = ROOT / "runs" / "regimes" / f"{regime}-seed{seed}"
+    run = method_run(source, regime, seed, MASK_SETS[segment_set][0], fresh=False)
+    _, _, segment_options = REGIMES[regime]
+    sh(WSSS, "segment", "--run", str(run), "--pseudo", segment_set, "--seed", str(seed), *segment_options.split())
+    sh(WSSS, "evaluate", f"segment/pseudo-{segment_set}", "--run", str(run), "--split", "val")
+    return {segment_set: evaluation(run, f"segment-pseudo-{segment_set}", "val")["miou"],
+            "crf": evaluation(source, "segment-pseudo-crf", "val")["miou"]}
 
 
 def method_run(source: Path, regime: str, seed: int, method: str, fresh: bool = True) -> Path:
@@ -215,8 +223,13 @@ def main() -> None:
         if (args.regime, seed, bool(args.segment)) in done:
             continue
         started = time.perf_counter()
-        record = measure(args.regime, seed, args.segment)
-        record["wall_seconds"] = round(time.perf_counter() - started, 1)
+        previous = next((r for r in runs if (r["regime"], r["seed"]) == (args.regime, seed)), None)
+        if args.segment and previous is not None:  # its mask sets are measured: their runs are trained on as they are
+            record = {**previous, "segment": segmenters(args.regime, seed, args.segment)}
+            record["segment_wall_seconds"] = round(time.perf_counter() - started, 1)
+        else:
+            record = measure(args.regime, seed, args.segment)
+            record["wall_seconds"] = round(time.perf_counter() - started, 1)
         runs = [r for r in runs if (r["regime"], r["seed"]) != (args.regime, seed)] + [record]
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({"machine": machine_info(), "summary": summarise(runs), "runs": runs},

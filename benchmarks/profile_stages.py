@@ -27,7 +27,6 @@ import math
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +51,7 @@ from stages.segment import predict as segment_predict  # noqa: E402
 from stages.segment import segment  # noqa: E402
 from stages.train_cam import train_cam  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from step_timing import timed  # noqa: E402
 from subset_run import subset_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "profile_stages.json"
@@ -105,7 +105,7 @@ def main() -> None:
         for stage, spec in stages.items():
             seconds = []
             for round_index in range(args.rounds):
-                seconds.append(timed(spec["run_stage"], device))
+                seconds.append(timed(spec["run_stage"], 1, device))
                 print(f"{name} {stage} round {round_index + 1}: {seconds[-1]:.2f} s", file=sys.stderr)
             network = network_alone(spec, samples, device)
             breakdown = profiled(spec, device)
@@ -152,7 +152,7 @@ def fusion_by_class_count(model, stride: int, device: torch.device, rounds: int)
         seconds = {way: [] for way in ways}
         for _ in range(rounds):
             for way, function in ways.items():
-                seconds[way].append(timed(function, device))
+                seconds[way].append(timed(function, 1, device))
         result[str(count)] = {way: statistics.median(values) for way, values in seconds.items()}
         print(f"fusion with {count} classes: {json.dumps(result[str(count)])}", file=sys.stderr)
     return result
@@ -162,16 +162,6 @@ def predict_split(model, samples, out_dir: Path, device: torch.device) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     segment_predict(model, samples, out_dir, set(), SegmentConfig(), device, processes())
-
-
-def timed(function, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
 
 
 @torch.inference_mode()
@@ -203,7 +193,7 @@ def network_alone(spec: dict, samples, device: torch.device) -> float:
                 forward(view).float()
 
     run_forwards({view.shape: view for view in forwards}.values())  # warm-up: the kernels' choice per shape
-    return timed(lambda: run_forwards(forwards), device)
+    return timed(lambda: run_forwards(forwards), 1, device)
 
 
 def profiled(spec: dict, device: torch.device) -> dict[str, float]:
@@ -220,7 +210,7 @@ def profiled(spec: dict, device: torch.device) -> dict[str, float]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     try:
         with profile(activities=activities) as profiler:
-            wall = timed(spec["run_stage"], device)
+            wall = timed(spec["run_stage"], 1, device)
     finally:
         setattr(cls, name, original)
     events = [event for event in profiler.events() if event.cpu_parent is None]

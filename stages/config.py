@@ -162,6 +162,7 @@ class PseudoLabelConfig(Checked):
     raw: bool = False  # from the unrefined CAMs of `infer-cam --raw`; the masks go to pseudo/<refine>-raw
     name: str = ""  # the mask set's name, to keep sets made with other thresholds apart (default: as above)
     workers: int = 2
+    device: str = "auto"  # for --refine rw: where the affinity network and the walk run (batched on a GPU)
 
     def __post_init__(self):
         super().__post_init__()

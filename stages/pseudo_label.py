@@ -7,24 +7,28 @@ the high (foreground) threshold gives confident foreground, with the low (backgr
 background; each map goes through the label refinements (dense CRF); pixels the two disagree on are 255
 (ignored by the segmenter's loss). `--refine saliency` takes the background from saliency maps instead
 (see stages/refine/saliency_background.py); `--refine rw` walks the scores with the run's affinity network
-(stages/refine/random_walk.py). Images are processed in parallel worker processes (CRF is single-threaded).
+(stages/refine/random_walk.py). Images are processed in parallel worker processes (CRF is single-threaded); with
+`rw` on a GPU (`--device`), the main process walks batches of images there and the workers do the rest.
 A killed run resumes where it stopped: masks already written with the same config and inputs are kept (see
 core/resumable.py). Under torchrun each process labels every N-th image.
 """
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from .config import PseudoLabelConfig
 from .core.camstore import CamReader
 from .core.checkpoint import load_checkpoint
 from .core.console import console, progress_bar
+from .core.device import resolve_device
 from .core.distributed import processes
 from .core.errors import UserError
 from .core.io import IGNORE_INDEX, load_image, load_mask, save_mask, write_json
@@ -38,17 +42,34 @@ from .refine.saliency_background import SaliencyBackground
 def make_pseudo_mask(item: ImageItem, cams: np.ndarray, classes: np.ndarray, config: PseudoLabelConfig,
                      refinements: list[Refinement]) -> np.ndarray:
     """(K, H, W) CAMs of the image's classes → (H, W) uint8 mask of class ids, 0 background, 255 uncertain."""
+    return mask_from_label_maps(item, score_label_maps([item], [cams], config, refinements)[0], classes,
+                                refinements)
+
+
+def score_label_maps(items: list[ImageItem], cams: list[np.ndarray], config: PseudoLabelConfig,
+                     refinements: list[Refinement]) -> list[list[np.ndarray]]:
+    """Per image, its two label maps (indices into [background] + its classes, uint8) before the label
+    refinements: the argmax of the score stack with the foreground threshold, and with the background threshold,
+    as the background score, after the score refinements."""
+    stacks = [[np.concatenate([np.full((1, *image_cams.shape[1:]), threshold, dtype=np.float32), image_cams])
+               for threshold in (config.fg_threshold, config.bg_threshold)] for image_cams in cams]
+    for refinement in refinements:
+        stacks = refinement.refine_score_batch(items, stacks)
+    return [[scores.argmax(axis=0).astype(np.uint8) for scores in image_stacks] for image_stacks in stacks]
+
+
+def mask_from_label_maps(item: ImageItem, label_maps: list[np.ndarray], classes: np.ndarray,
+                         refinements: list[Refinement]) -> np.ndarray:
+    """The image's two label maps (see `score_label_maps`) through the label refinements → its mask: confident
+    foreground where the foreground threshold's map says a class, background where both say background, 255
+    where they disagree."""
     keys = np.concatenate([[0], classes]).astype(np.uint8)
-    label_maps = []
-    for threshold in (config.fg_threshold, config.bg_threshold):
-        scores = np.concatenate([np.full((1, *cams.shape[1:]), threshold, dtype=np.float32), cams])
-        for refinement in refinements:
-            scores = refinement.refine_scores(item, scores)
-        labels = scores.argmax(axis=0)
+    refined = []
+    for labels in label_maps:
         for refinement in refinements:
             labels = refinement.refine_labels(item, labels, len(keys))
-        label_maps.append(labels)
-    confident_fg, confident_bg = label_maps
+        refined.append(labels)
+    confident_fg, confident_bg = refined
     mask = keys[confident_fg]
     mask[confident_fg == 0] = IGNORE_INDEX
     mask[(confident_fg == 0) & (confident_bg == 0)] = 0
@@ -65,6 +86,7 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
                                  saliency_threshold=config.saliency_threshold)
     if "pcm" in names:  # checked here without building the model: workers build it
         check_pcm_checkpoint(refine_inputs.checkpoint)
+    device = resolve_device(config.device)  # a bad name fails here, whatever the refinements
     if "rw" in names:
         if not config.affinity_checkpoint:
             run.affinity_checkpoint.require()  # "run `wsss train-affinity` first"
@@ -99,11 +121,16 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
             if f"{sample.id}.png" in finished:
                 mask = load_mask(f"{out_dir}/{sample.id}.png")
                 ignored, labelled = ignored + int((mask == IGNORE_INDEX).sum()), labelled + mask.size
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context("fork")  # forked before this process uses a GPU; they never do
         with context.Pool(config.workers, _init_worker, (str(cam_file), config, refine_inputs)) as pool, \
                 progress_bar() as bar:
             task = bar.add_task("pseudo-label", total=len(jobs), status="")
-            for ignored_pixels, pixels in pool.imap_unordered(_label_one, jobs, chunksize=8):
+            if "rw" in names and walks_in_batches(device):
+                results = _label_with_batched_scores(pool, jobs, cam_file, config,
+                                                     replace(refine_inputs, device=str(device)))
+            else:
+                results = pool.imap_unordered(_label_one, jobs, chunksize=8)
+            for ignored_pixels, pixels in results:
                 ignored += ignored_pixels
                 labelled += pixels
                 bar.update(task, advance=1)
@@ -118,6 +145,60 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
     return run.execute(stage, force)
 
 
+def walks_in_batches(device: torch.device) -> bool:
+    """On a GPU the score refinements (the random walk) run in the main process on batches of images, the label
+    refinements (CRF) in the workers; on the CPU each worker does all of an image, the workers filling the cores."""
+    return device.type == "cuda"
+
+
+# Images per batch of the score refinements on a GPU: a batch walks as one sparse matrix (stages/affinity/walk.py);
+# a VOC-sized batch of 8 holds about 7M transition entries (under 100 MB).
+SCORE_BATCH = 8
+
+
+class _Images(Dataset):
+    """The jobs' images, decoded in loader workers; an unreadable one as its error's line (raised by the main
+    process, where it stays one line)."""
+
+    def __init__(self, jobs: list[tuple[str, str, str]]):
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> tuple[tuple[str, str, str], np.ndarray | str]:
+        try:
+            return self.jobs[index], load_image(self.jobs[index][1])
+        except UserError as error:
+            return self.jobs[index], str(error)
+
+
+def _label_with_batched_scores(pool, jobs: list[tuple[str, str, str]], cam_file: Path, config: PseudoLabelConfig,
+                               inputs: RefineInputs):
+    """Yield each job's (ignored pixels, pixels): the score refinements in this process, SCORE_BATCH images at a
+    time on `inputs.device`, the label refinements and the PNG in the pool's workers, at most a few batches
+    behind (so that label maps do not pile up in memory)."""
+    refinements = parse_refinements(config.refine, inputs)
+    loader = DataLoader(_Images(jobs), batch_size=SCORE_BATCH, num_workers=2, collate_fn=list)
+    pending: collections.deque = collections.deque()
+    with CamReader(cam_file) as reader:
+        for batch in loader:
+            unreadable = next((image for _, image in batch if isinstance(image, str)), None)
+            if unreadable is not None:
+                raise UserError(unreadable)
+            items = [ImageItem(job[0], image) for job, image in batch]
+            read = [reader.read(item.id) for item in items]
+            for item, (cams, _) in zip(items, read):
+                _check_size(item, cams)
+            label_maps = score_label_maps(items, [cams for cams, _ in read], config, refinements)
+            for (job, _), maps, (_, classes) in zip(batch, label_maps, read):
+                pending.append(pool.apply_async(_finish_one, ((job, maps, classes),)))
+            while len(pending) > 4 * SCORE_BATCH:
+                yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 _worker: dict = {}
 
 
@@ -130,12 +211,25 @@ def _init_worker(cam_file: str, config: PseudoLabelConfig, inputs: RefineInputs)
     _worker["refinements"] = parse_refinements(config.refine, inputs)
 
 
+def _check_size(item: ImageItem, cams: np.ndarray) -> None:
+    if item.image.shape[:2] != cams.shape[1:]:
+        raise UserError(f"CAM of {item.id} is {cams.shape[1:]} but its image is {item.image.shape[:2]}")
+
+
 def _label_one(job: tuple[str, str, str]) -> tuple[int, int]:
     image_id, image_path, out_path = job
     cams, classes = _worker["reader"].read(image_id)
-    image = load_image(image_path)
-    if image.shape[:2] != cams.shape[1:]:
-        raise UserError(f"CAM of {image_id} is {cams.shape[1:]} but its image is {image.shape[:2]}")
-    mask = make_pseudo_mask(ImageItem(image_id, image), cams, classes, _worker["config"], _worker["refinements"])
+    item = ImageItem(image_id, load_image(image_path))
+    _check_size(item, cams)
+    mask = make_pseudo_mask(item, cams, classes, _worker["config"], _worker["refinements"])
+    save_mask(out_path, mask)
+    return int((mask == IGNORE_INDEX).sum()), mask.size
+
+
+def _finish_one(task: tuple[tuple[str, str, str], list[np.ndarray], np.ndarray]) -> tuple[int, int]:
+    """The part of `_label_one` after the score refinements, which ran in the main process."""
+    (image_id, image_path, out_path), label_maps, classes = task
+    item = ImageItem(image_id, load_image(image_path))
+    mask = mask_from_label_maps(item, label_maps, classes, _worker["refinements"])
     save_mask(out_path, mask)
     return int((mask == IGNORE_INDEX).sum()), mask.size

@@ -2,18 +2,24 @@
 official dense one, both methods' losses, and train-affinity + pseudo-label --refine rw end to end."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
+import stages.pseudo_label as pseudo_label_module
 from stages.affinity import build_affinity_model
 from stages.affinity.pairs import (boundary_affinities, feature_affinities, inside, line_paths, pair_labels,
                                    search_directions)
 from stages.affinity.walk import random_walk, transition_matrix
-from stages.config import AffinityModelConfig
+from stages.config import AffinityModelConfig, TrainAffinityConfig
+from stages.core.checkpoint import save_checkpoint
 from stages.core.errors import UserError
 from stages.core.io import IGNORE_INDEX, load_mask
+from stages.refine import ImageItem
+from stages.refine.random_walk import RandomWalk
+from stages.registry import AFFINITY_METHODS
 from test_cli import assert_one_line_error, invoke
 from test_end_to_end import TINY_TRAINING, wsss
 
@@ -83,11 +89,11 @@ def test_feature_affinity_is_exp_of_minus_the_mean_absolute_difference():
 def test_transition_rows_sum_to_one_and_zero_affinity_walks_nowhere():
     directions = search_directions(3)
     affinities = torch.rand(len(directions), 4, 5)
-    transition = transition_matrix(affinities, directions, beta=2.0)
+    transition = transition_matrix([affinities], directions, beta=2.0)
     assert torch.allclose(transition.to_dense().sum(dim=1), torch.ones(20))
     maps = torch.rand(2, 4, 5)
-    still = transition_matrix(torch.zeros(len(directions), 4, 5), directions, beta=2.0)
-    assert torch.equal(random_walk(maps, still, steps=16), maps)  # identity affinity: the input comes back
+    still = transition_matrix([torch.zeros(len(directions), 4, 5)], directions, beta=2.0)
+    assert torch.equal(random_walk([maps], still, steps=16)[0], maps)  # identity affinity: the input comes back
 
 
 def test_walk_spreads_only_within_a_region():
@@ -95,10 +101,10 @@ def test_walk_spreads_only_within_a_region():
     labels = torch.zeros(1, 4, 4, dtype=torch.long)
     labels[0, :, 2:] = 1  # two regions, left and right halves
     background, foreground, _ = pair_labels(labels + 1, directions)  # labels 1 and 2: same-class pairs are 1
-    transition = transition_matrix(foreground[0], directions, beta=1.0)
+    transition = transition_matrix([foreground[0]], directions, beta=1.0)
     maps = torch.zeros(1, 4, 4)
     maps[0, 0, 0] = 16.0
-    walked = random_walk(maps, transition, steps=200)
+    walked = random_walk([maps], transition, steps=200)[0]
     assert walked[0, :, 2:].abs().max() < 1e-6  # nothing crossed into the right half
     left = walked[0, :, :2]
     assert left.min() > 0.5 and left.max() - left.min() < 1e-3  # spread to one value over the left half
@@ -123,8 +129,25 @@ def test_sparse_walk_equals_the_official_dense_one():
         trans = trans @ trans
     maps = torch.rand(3, height, width, dtype=torch.float64)
     official = (maps.view(3, -1) @ trans).view(3, height, width)
-    ours = random_walk(maps, transition_matrix(affinities, directions, beta), steps=2 ** log2_steps)
+    ours = random_walk([maps], transition_matrix([affinities], directions, beta), steps=2 ** log2_steps)[0]
     torch.testing.assert_close(ours.double(), official, atol=1e-5, rtol=1e-4)
+
+
+def test_a_batch_walks_as_each_image_alone():
+    # Block-diagonal: two maps of different sizes and channel counts walk together, neither reaching the other.
+    torch.manual_seed(0)
+    directions = search_directions(3)
+    shapes = [(2, 5, 7), (3, 6, 4)]
+    affinities = [torch.rand(len(directions), h, w) for _, h, w in shapes]
+    maps = [torch.rand(shape) for shape in shapes]
+    together = random_walk(maps, transition_matrix(affinities, directions, beta=3.0), steps=20)
+    transition = transition_matrix(affinities, directions, beta=3.0)
+    assert transition.shape == (35 + 24, 35 + 24)
+    assert transition.to_dense()[:35, 35:].abs().sum() == 0 and transition.to_dense()[35:, :35].abs().sum() == 0
+    for image_affinities, image_maps, walked in zip(affinities, maps, together):
+        alone = random_walk([image_maps], transition_matrix([image_affinities], directions, beta=3.0), steps=20)[0]
+        assert walked.shape == image_maps.shape
+        torch.testing.assert_close(walked, alone)
 
 
 def test_irn_trains_its_branch_only_and_psa_its_backbone_too():
@@ -150,14 +173,41 @@ def test_walk_scores_keep_shapes_and_irn_keeps_the_threshold_row():
     scores = torch.cat([torch.full((1, 45, 61), 0.25), torch.rand(2, 45, 61)])
     for method in ("irn", "psa"):
         model = build_affinity_model(method, AffinityModelConfig(backbone="resnet10", pretrained="none")).eval()
-        affinities, context = model.walk_affinities(torch.randn(1, 3, 45, 61))
+        affinities, contexts = model.walk_affinities(torch.randn(2, 3, 45, 61))
         stride = model.stride
-        assert affinities.shape[-2:] == ((45 - 1) // stride + 1, (61 - 1) // stride + 1)
+        assert affinities.shape[::2] == (2, (45 - 1) // stride + 1) and len(contexts) == 2
+        assert affinities.shape[-1] == (61 - 1) // stride + 1
         assert 0 <= affinities.min() and affinities.max() <= 1
-        walked = model.walk_scores(scores, context, lambda maps: maps)  # no walk: the method's own steps only
+        walked = model.walked_scores(scores, model.walk_maps(scores, contexts[1]))  # no walk: the method's own steps
         assert walked.shape == scores.shape and torch.isfinite(walked).all()
         if method == "irn":
             assert torch.equal(walked[0], scores[0]) and walked[1:].max() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", AFFINITY_METHODS.names())
+def test_random_walk_of_a_batch_of_sizes_is_that_of_each_image(method, tmp_path):
+    # On a GPU pseudo-label walks batches of images of mixed sizes (one forward per size, one block-diagonal walk);
+    # each image must come out as it does alone. The third image has no class: its one-row stacks stay as they are.
+    torch.manual_seed(0)
+    config = TrainAffinityConfig(method=method, model=AffinityModelConfig(backbone="resnet10", pretrained="none"))
+    model = build_affinity_model(method, config.model)
+    save_checkpoint(tmp_path / "affinity.pt", kind="affinity", config=asdict(config), class_names=["a", "b"],
+                    model=model, normalization=model.normalization, metrics={})
+    walk = RandomWalk(tmp_path / "affinity.pt")
+    rng = np.random.default_rng(0)
+    sizes, class_counts = [(40, 48), (33, 52), (40, 48), (40, 48)], [2, 1, 0, 2]
+    items = [ImageItem(f"i{n}", rng.integers(0, 256, (*size, 3), dtype=np.uint8)) for n, size in enumerate(sizes)]
+    stacks = [[np.concatenate([np.full((1, *size), threshold, np.float32),
+                               rng.random((count, *size), dtype=np.float32)]) for threshold in (0.3, 0.05)]
+              for size, count in zip(sizes, class_counts)]
+    batched = walk.refine_score_batch(items, stacks)
+    assert all(np.array_equal(refined, scores) for refined, scores in zip(batched[2], stacks[2]))
+    for item, image_stacks, refined in zip(items, stacks, batched):
+        alone = walk.refine_score_batch([item], [image_stacks])[0]
+        for batch_scores, alone_scores, scores in zip(refined, alone, image_stacks):
+            assert batch_scores.shape == scores.shape
+            np.testing.assert_allclose(batch_scores, alone_scores, atol=1e-5)
+        assert not np.array_equal(refined[0][1:], image_stacks[0][1:]) or len(image_stacks[0]) == 1  # it walked
 
 
 def test_options_out_of_range_are_user_errors():
@@ -169,7 +219,7 @@ def test_options_out_of_range_are_user_errors():
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-def test_train_affinity_then_random_walk_pseudo_masks(tmp_path):
+def test_train_affinity_then_random_walk_pseudo_masks(tmp_path, monkeypatch):
     run = tmp_path / "rw"
     wsss("data", "synth", "--run", run, "--num-train", 16, "--num-val", 8, "--image-size", 64, "--workers", 1)
     wsss("train-cam", "--run", run, *TINY_TRAINING)
@@ -181,6 +231,17 @@ def test_train_affinity_then_random_walk_pseudo_masks(tmp_path):
     assert checkpoint["kind"] == "affinity" and checkpoint["config"]["model"]["backbone"] == "resnet10"
     wsss("pseudo-label", "--run", run, "--refine", "rw", "--fg-threshold", 0.25, "--bg-threshold", 0.25)
     wsss("pseudo-label", "--run", run, "--refine", "rw,crf")
+    with monkeypatch.context() as patch:  # the GPU's way, on the CPU: batches walked here, the CRF in the workers
+        patch.setattr("stages.pseudo_label.walks_in_batches", lambda device: True)
+        batched_calls = []
+        patch.setattr("stages.pseudo_label._label_with_batched_scores",
+                      lambda *args, original=pseudo_label_module._label_with_batched_scores:
+                      batched_calls.append(args) or original(*args))
+        wsss("pseudo-label", "--run", run, "--refine", "rw,crf", "--name", "batched")
+        assert len(batched_calls) == 1
+    for mask_file in (run / "pseudo" / "rw+crf").glob("*.png"):
+        assert np.array_equal(load_mask(run / "pseudo" / "batched" / mask_file.name), load_mask(mask_file))
+    assert len(list((run / "pseudo" / "batched").glob("*.png"))) == 16
     for mask_set in ("rw", "rw+crf"):
         wsss("evaluate", f"pseudo/{mask_set}", "--run", run, "--split", "train")
     rw_mask = load_mask(next((run / "pseudo" / "rw").glob("*.png")))
@@ -191,3 +252,7 @@ def test_train_affinity_then_random_walk_pseudo_masks(tmp_path):
     wsss("train-affinity", "--run", run, "--method", "psa", "--force", *TINY_TRAINING)
     wsss("pseudo-label", "--run", run, "--refine", "rw", "--force")
     assert "psa" == torch.load(run / "affinity" / "checkpoint.pt", weights_only=True)["config"]["method"]
+    sorted((run / "synth" / "JPEGImages").glob("train_*"))[0].write_bytes(b"not an image")  # last: spoils the run
+    with monkeypatch.context() as patch:
+        patch.setattr("stages.pseudo_label.walks_in_batches", lambda device: True)
+        assert_one_line_error(invoke("pseudo-label", "--run", run, "--refine", "rw", "--force"), "cannot read")

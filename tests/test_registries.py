@@ -338,6 +338,24 @@ def test_refinement_keeps_shapes_and_label_range(name, refine_inputs):
 
 
 @pytest.mark.parametrize("name", REFINEMENTS.names())
+def test_refinement_of_a_batch_is_that_of_each_image(name, refine_inputs):
+    # What pseudo-label hands a refinement: per image its two score stacks (thresholds 0.30 and 0.05), several
+    # images at once where it runs on a GPU (here the image and its mirror: the saliency map is per id).
+    refinement = REFINEMENTS.get(name).from_inputs(refine_inputs)
+    cams, _ = image_cams()
+    images = [object_image(), object_image()[:, ::-1].copy()]
+    stacks = [[np.concatenate([np.full((1, HEIGHT, WIDTH), threshold, np.float32), image_cams])
+               for threshold in (0.3, 0.05)] for image_cams in (cams, cams[:, :, ::-1].copy())]
+    batched = refinement.refine_score_batch([ImageItem(IMAGE_ID, image) for image in images], stacks)
+    assert [len(refined) for refined in batched] == [2, 2]
+    for image, image_stacks, refined in zip(images, stacks, batched):
+        for scores, batch_refined in zip(image_stacks, refined):
+            alone = refinement.refine_scores(ImageItem(IMAGE_ID, image), scores)
+            assert batch_refined.shape == scores.shape
+            np.testing.assert_allclose(batch_refined, alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", REFINEMENTS.names())
 def test_parse_refinements_builds_the_registered_class(name, refine_inputs):
     refinements = parse_refinements(name, refine_inputs)
     assert len(refinements) == 1 and type(refinements[0]) is REFINEMENTS.get(name)
@@ -367,13 +385,13 @@ def test_affinity_method_trains_saves_and_walks(name, backbone, tmp_path):
     assert checkpoint_normalization(payload, path) == model.normalization
     image = torch.randn(1, 3, 37, 45)
     model.eval()
-    affinities, context = loaded.walk_affinities(image)
+    affinities, contexts = loaded.walk_affinities(image)
     torch.testing.assert_close(affinities, model.walk_affinities(image)[0])
-    assert affinities.shape == (len(search_directions(loaded.options.walk_radius)),
+    assert affinities.shape == (1, len(search_directions(loaded.options.walk_radius)),
                                 (37 - 1) // loaded.stride + 1, (45 - 1) // loaded.stride + 1)
     scores = torch.cat([torch.full((1, 37, 45), 0.25), torch.rand(2, 37, 45)])
     transition = transition_matrix(affinities, search_directions(loaded.options.walk_radius), loaded.options.beta)
-    walked = loaded.walk_scores(scores, context, lambda maps: random_walk(maps, transition, 4))
+    walked = loaded.walked_scores(scores, random_walk([loaded.walk_maps(scores, contexts[0])], transition, 4)[0])
     assert walked.shape == scores.shape and torch.isfinite(walked).all()
 
 

@@ -386,12 +386,15 @@ def pseudo_label(
                                            "e.g. to keep masks made with other thresholds apart.")] = PSEUDO.name,
     force: ForceOption = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = PSEUDO.workers,
+    device: Annotated[str, typer.Option(help="--refine rw: where the affinity network and the random walk run: "
+                                             "auto, cpu, cuda or cuda:N; on a GPU images walk in batches there, "
+                                             "the workers do the rest.")] = PSEUDO.device,
 ):
     """Turn CAMs into pseudo masks (VOC palette PNGs); uncertain pixels are 255."""
     config = PseudoLabelConfig(split=split, refine=refine, pcm_checkpoint=pcm_checkpoint,
                                affinity_checkpoint=affinity_checkpoint, saliency_dir=saliency,
                                saliency_threshold=saliency_threshold, fg_threshold=fg_threshold,
-                               bg_threshold=bg_threshold, raw=raw, name=name, workers=workers)
+                               bg_threshold=bg_threshold, raw=raw, name=name, workers=workers, device=device)
     from stages.pseudo_label import pseudo_label as stage
 
     stage(_run(run), config, force=force)

@@ -7,11 +7,12 @@ A method is an `nn.Module` class built as `Method(AffinityModelConfig, Method.Op
   - `training_losses(images, masks) -> dict[str, Tensor]`: the terms summed into the training loss, from
     normalized images (N, 3, H, W) and pseudo masks (N, H, W) (0 background, 255 unknown);
   - `param_groups() -> (base-rate params, new-layer params)`;
-  - `walk_affinities(image) -> (pair affinities (D, h, w), context)`: for one normalized image (1, 3, H, W), the
-    affinities of the pairs its walk uses (`pairs.search_directions(walk radius)`) and what `walk_scores`
-    needs of the image;
-  - `walk_scores(scores, context, walk) -> scores`: the pseudo-label score stack (K+1, H, W), background first,
-    after the walk, where `walk(maps)` takes (C, h, w) maps at `stride` through the walk;
+  - `walk_affinities(images) -> (pair affinities (N, D, h, w), contexts)`: for normalized images of one size
+    (N, 3, H, W), the affinities of the pairs their walk uses (`pairs.search_directions(walk radius)`) and, per
+    image, what `walk_maps` needs of it;
+  - `walk_maps(scores, context) -> (C, h, w)`: from a pseudo-label score stack (K+1, H, W), background first, the
+    maps at `stride` that the walk takes;
+  - `walked_scores(scores, walked) -> scores`: the score stack after the walk, from the stack and its walked maps;
   - `walk_radius`, `beta`, `log2_steps` on its `options` (the walk's pairs, transition and length).
 The shared geometry is in `pairs`, the walk in `walk`.
 """

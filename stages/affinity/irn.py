@@ -109,21 +109,26 @@ class IrnAffinity(nn.Module):
         return [*self.levels.parameters(), *self.boundary.parameters()], []
 
     @torch.inference_mode()
-    def walk_affinities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One normalized image (1, 3, H, W) → (pair affinities (D, h, w) within walk_radius, what `walk_scores`
-        needs of the image: its boundary map B (h, w)), from the image and its flip."""
-        height, width = images.shape[-2:]
+    def walk_affinities(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Normalized images of one size (N, 3, H, W) → (pair affinities (N, D, h, w) within walk_radius, what
+        `walk_maps` needs of each image: its boundary map B (h, w)), B from the image and its flip."""
+        count, height, width = len(images), *images.shape[-2:]
         logits = self(padded(torch.cat([images, images.flip(-1)]), 32)).float()
         logits = logits[..., :stride_size(height, self.stride), :stride_size(width, self.stride)]
-        boundary = torch.sigmoid(logits[0, 0] / 2 + logits[1, 0].flip(-1) / 2)
-        return boundary_affinities(boundary[None], self.options.walk_radius)[0], boundary
+        boundary = torch.sigmoid(logits[:count, 0] / 2 + logits[count:, 0].flip(-1) / 2)
+        return boundary_affinities(boundary, self.options.walk_radius), list(boundary)
 
-    def walk_scores(self, scores: torch.Tensor, boundary: torch.Tensor, walk) -> torch.Tensor:
-        """The score stack (K+1, H, W), background first, after the walk; `walk(maps)` walks (C, h, w) maps."""
-        height, width = scores.shape[-2:]
+    def walk_maps(self, scores: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
+        """The score stack (K+1, H, W), background first → the maps (K, h, w) the walk takes: the CAMs at
+        stride 4, max-normalised, times 1 - B."""
         cams = F.avg_pool2d(scores[None, 1:], self.stride, ceil_mode=True)[0]
         cams = cams / (cams.amax(dim=(1, 2), keepdim=True) + EPS)
-        walked = walk(cams * (1 - boundary))
+        return cams * (1 - boundary)
+
+    def walked_scores(self, scores: torch.Tensor, walked: torch.Tensor) -> torch.Tensor:
+        """The score stack after the walk of its `walk_maps`: the walked maps upsampled x4, divided by their
+        maximum, under the stack's own background row."""
+        height, width = scores.shape[-2:]
         walked = F.interpolate(walked[None], scale_factor=self.stride, mode="bilinear", align_corners=False)
         walked = walked[0, :, :height, :width]
         return torch.cat([scores[:1], walked / walked.max().clamp_min(EPS)])

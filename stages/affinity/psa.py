@@ -116,20 +116,25 @@ class PsaAffinity(nn.Module):
         return trained, [*self.reduce.parameters(), *self.fuse.parameters()]
 
     @torch.inference_mode()
-    def walk_affinities(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """One normalized image (1, 3, H, W) → (pair affinities (D, h, w) within radius, None)."""
+    def walk_affinities(self, images: torch.Tensor) -> tuple[torch.Tensor, list[None]]:
+        """Normalized images of one size (N, 3, H, W) → (pair affinities (N, D, h, w) within radius, None per
+        image: `walk_maps` needs nothing else of it)."""
         height, width = images.shape[-2:]
         features = self(padded(images, 32)).float()
         features = features[..., :stride_size(height, self.stride), :stride_size(width, self.stride)]
-        return feature_affinities(features, self.options.radius)[0], None
+        return feature_affinities(features, self.options.radius), [None] * len(images)
 
-    def walk_scores(self, scores: torch.Tensor, context: None, walk) -> torch.Tensor:
-        """The score stack (K+1, H, W), background first, after the walk; `walk(maps)` walks (C, h, w) maps."""
-        height, width = scores.shape[-2:]
+    def walk_maps(self, scores: torch.Tensor, context: None) -> torch.Tensor:
+        """The score stack (K+1, H, W), background first → the maps (K+1, h, w) the walk takes: the background
+        (1 - max CAM)^alpha over the CAMs, padded to a multiple of 8, averaged over 8x8 cells."""
         cams = scores[1:]
         background = (1 - cams.amax(dim=0, keepdim=True)) ** self.options.alpha if len(cams) else \
             torch.ones_like(scores[:1])
-        stack = padded(torch.cat([background, cams])[None], self.stride)
-        walked = walk(F.avg_pool2d(stack, self.stride)[0])
-        walked = F.interpolate(walked[None], size=stack.shape[-2:], mode="bilinear", align_corners=False)
+        return F.avg_pool2d(padded(torch.cat([background, cams])[None], self.stride), self.stride)[0]
+
+    def walked_scores(self, scores: torch.Tensor, walked: torch.Tensor) -> torch.Tensor:
+        """The score stack after the walk of its `walk_maps`: the walked maps upsampled x8 to the padded size,
+        cropped to the image; the walked background replaces the threshold row."""
+        height, width = scores.shape[-2:]
+        walked = F.interpolate(walked[None], scale_factor=self.stride, mode="bilinear", align_corners=False)
         return walked[0, :, :height, :width]

@@ -5,6 +5,9 @@ A refinement can act at two points of pseudo-mask construction (see `stages/pseu
     background, PCM);
   - `refine_labels(item, labels, num_labels)`: on a label map of indices into [background] + classes
     (e.g. dense CRF).
+Pseudo-label makes two score stacks per image (one per threshold) and hands them to `refine_score_batch` together,
+for one image or, where a refinement runs on a GPU, a batch of images (the random walk); its default applies
+`refine_scores` to each stack.
 `item` is the image and its id (a refinement may read per-image inputs such as a saliency map by id). Steps run
 in the order given. The base class leaves both untouched, so each refinement overrides what it uses.
 Each refinement is registered by name in `stages.registry.REFINEMENTS` and built by its `from_inputs`.
@@ -37,13 +40,14 @@ class ImageItem:
 
 @dataclass(frozen=True)
 class RefineInputs:
-    """What refinements may need besides the image: the CAM checkpoint (PCM), saliency maps (saliency) and the
-    affinity checkpoint (rw)."""
+    """What refinements may need besides the image: the CAM checkpoint (PCM), saliency maps (saliency), the
+    affinity checkpoint (rw) and the device its network runs on."""
 
     checkpoint: Path | None = None
     affinity_checkpoint: Path | None = None
     saliency_dir: str = ""
     saliency_threshold: float = 0.5
+    device: str = "cpu"  # where a refinement with a network of its own runs it (rw)
 
 
 class Refinement:
@@ -54,6 +58,11 @@ class Refinement:
 
     def refine_scores(self, item: ImageItem, scores: np.ndarray) -> np.ndarray:
         return scores
+
+    def refine_score_batch(self, items: list[ImageItem], stacks: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """Each image's score stacks after `refine_scores`; `stacks[i]` are the stacks of `items[i]`."""
+        return [[self.refine_scores(item, scores) for scores in image_stacks]
+                for item, image_stacks in zip(items, stacks)]
 
     def refine_labels(self, item: ImageItem, labels: np.ndarray, num_labels: int) -> np.ndarray:
         return labels

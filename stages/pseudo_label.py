@@ -112,8 +112,10 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
         finished = run.resumable_folder(stage, out_dir)
         mine = procs.shard(samples)
         jobs = [(s.id, s.image, f"{out_dir}/{s.id}.png") for s in mine if f"{s.id}.png" not in finished]
+        batched = "rw" in names and walks_in_batches(device)
         console.print(f"pseudo-label: {len(samples)} images, refine {config.refine}, thresholds fg "
                       f"{config.fg_threshold} / bg {config.bg_threshold}, {config.workers} workers"
+                      + (f", walks on {device} in batches of {SCORE_BATCH}" if batched else "")
                       + (f", {procs.world_size} processes" if procs.distributed else "")
                       + (f"; {len(mine) - len(jobs)} masks already done" if len(jobs) < len(mine) else ""))
         ignored = labelled = 0
@@ -125,7 +127,7 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
         with context.Pool(config.workers, _init_worker, (str(cam_file), config, refine_inputs)) as pool, \
                 progress_bar() as bar:
             task = bar.add_task("pseudo-label", total=len(jobs), status="")
-            if "rw" in names and walks_in_batches(device):
+            if batched:
                 results = _label_with_batched_scores(pool, jobs, cam_file, config,
                                                      replace(refine_inputs, device=str(device)))
             else:

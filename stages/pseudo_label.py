@@ -181,7 +181,7 @@ def _label_with_batched_scores(pool, jobs: list[tuple[str, str, str]], cam_file:
     time on `inputs.device`, the label refinements and the PNG in the pool's workers, at most a few batches
     behind (so that label maps do not pile up in memory)."""
     refinements = parse_refinements(config.refine, inputs)
-    loader = DataLoader(_Images(jobs), batch_size=SCORE_BATCH, num_workers=2, collate_fn=list)
+    loader = DataLoader(_Images(jobs), batch_size=SCORE_BATCH, num_workers=2, collate_fn=list)  # decoding: light
     pending: collections.deque = collections.deque()
     with CamReader(cam_file) as reader:
         for batch in loader:

@@ -252,6 +252,7 @@ def test_train_affinity_then_random_walk_pseudo_masks(tmp_path, monkeypatch):
     wsss("train-affinity", "--run", run, "--method", "psa", "--force", *TINY_TRAINING)
     wsss("pseudo-label", "--run", run, "--refine", "rw", "--force")
     assert "psa" == torch.load(run / "affinity" / "checkpoint.pt", weights_only=True)["config"]["method"]
+    assert_one_line_error(invoke("pseudo-label", "--run", run, "--refine", "rw", "--device", "tpu"), "unknown device")
     sorted((run / "synth" / "JPEGImages").glob("train_*"))[0].write_bytes(b"not an image")  # last: spoils the run
     with monkeypatch.context() as patch:
         patch.setattr("stages.pseudo_label.walks_in_batches", lambda device: True)

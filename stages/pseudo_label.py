@@ -193,8 +193,8 @@ def _label_with_batched_scores(pool, jobs: list[tuple[str, str, str]], cam_file:
             for item, (cams, _) in zip(items, read):
                 _check_size(item, cams)
             label_maps = score_label_maps(items, [cams for cams, _ in read], config, refinements)
-            for (job, _), maps, (_, classes) in zip(batch, label_maps, read):
-                pending.append(pool.apply_async(_finish_one, ((job, maps, classes),)))
+            for item, (job, _), maps, (_, classes) in zip(items, batch, label_maps, read):
+                pending.append(pool.apply_async(_finish_one, ((item, job[2], maps, classes),)))
             while len(pending) > 4 * SCORE_BATCH:
                 yield pending.popleft().get()
     while pending:
@@ -228,10 +228,10 @@ def _label_one(job: tuple[str, str, str]) -> tuple[int, int]:
     return int((mask == IGNORE_INDEX).sum()), mask.size
 
 
-def _finish_one(task: tuple[tuple[str, str, str], list[np.ndarray], np.ndarray]) -> tuple[int, int]:
-    """The part of `_label_one` after the score refinements, which ran in the main process."""
-    (image_id, image_path, out_path), label_maps, classes = task
-    item = ImageItem(image_id, load_image(image_path))
+def _finish_one(task: tuple[ImageItem, str, list[np.ndarray], np.ndarray]) -> tuple[int, int]:
+    """The part of `_label_one` after the score refinements, which ran in the main process (the decoded image
+    comes with the task: the CRF needs it)."""
+    item, out_path, label_maps, classes = task
     mask = mask_from_label_maps(item, label_maps, classes, _worker["refinements"])
     save_mask(out_path, mask)
     return int((mask == IGNORE_INDEX).sum()), mask.size

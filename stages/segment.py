@@ -23,13 +23,14 @@ from .config import SegmentConfig
 from .core.checkpoint import save_checkpoint
 from .core.console import console, progress_bar
 from .core.device import autocast, memory_format, resolve_device, seed_everything
-from .core.distributed import Processes, processes, synchronise_batchnorm
+from .core.distributed import Processes, processes
 from .core.errors import UserError
+from .core.history import epoch_history, loss_terms, timing_metrics
 from .core.io import IGNORE_INDEX, load_image, save_mask
 from .core.resumable import finish_directory
 from .core.runs import Run, Stage, fingerprint
-from .core.training import (TrainingState, distributed, epoch_history, log_epoch, loss_terms, make_optimizer,
-                             timing_metrics, train_epochs, training_loader)
+from .core.sync_batchnorm import synchronise_batchnorm
+from .core.training import TrainingState, distributed, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import (Augment, SplitDataset, check_mask_sizes, multi_hot, require_mask_set,
                            same_size_batches)
 from .data.saliency_maps import DirectorySaliency, saliency_directory

@@ -22,11 +22,12 @@ from .config import TrainAffinityConfig
 from .core.checkpoint import load_checkpoint, save_checkpoint
 from .core.console import console
 from .core.device import memory_format, resolve_device, seed_everything
-from .core.distributed import processes, synchronise_batchnorm
+from .core.distributed import processes
 from .core.errors import UserError
+from .core.history import epoch_history, loss_terms, timing_metrics
 from .core.runs import Run, Stage
-from .core.training import (TrainingState, distributed, epoch_history, log_epoch, loss_terms, make_optimizer,
-                             timing_metrics, train_epochs, training_loader)
+from .core.sync_batchnorm import synchronise_batchnorm
+from .core.training import TrainingState, distributed, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset, check_mask_sizes, require_mask_set
 from .methods import cam_model_from_checkpoint
 

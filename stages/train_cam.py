@@ -18,10 +18,11 @@ from .config import TrainCamConfig
 from .core.checkpoint import save_checkpoint
 from .core.console import console
 from .core.device import autocast, memory_format, resolve_device, seed_everything
-from .core.distributed import processes, synchronise_batchnorm
+from .core.distributed import processes
+from .core.history import epoch_history, timing_metrics
 from .core.runs import Run, Stage
-from .core.training import (TrainingState, distributed, epoch_history, log_epoch, make_optimizer, timing_metrics,
-                             train_epochs, training_loader)
+from .core.sync_batchnorm import synchronise_batchnorm
+from .core.training import TrainingState, distributed, log_epoch, make_optimizer, train_epochs, training_loader
 from .data.loading import Augment, SplitDataset
 from .data.saliency_maps import saliency_directory
 from .methods import CamTraining, build_aux_loss, build_cam_model

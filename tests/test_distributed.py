@@ -15,7 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from stages.core.distributed import CpuSyncBatchNorm, Processes
+from stages.core.distributed import Processes
+from stages.core.sync_batchnorm import CpuSyncBatchNorm
 from stages.core.io import load_mask
 from stages.core.training import training_loader
 
@@ -169,7 +170,7 @@ def segmenter_step(procs: Processes, images: torch.Tensor, masks: torch.Tensor) 
     """One DDP step's gradients of the segmenter training method on this process's share of the batch."""
     from stages.config import SegModelConfig
     from stages.core.device import seed_everything
-    from stages.core.distributed import synchronise_batchnorm
+    from stages.core.sync_batchnorm import synchronise_batchnorm
     from stages.core.training import distributed
     from stages.methods import build_segment_method
     from stages.models.deeplab import DeepLab

@@ -118,3 +118,29 @@ print(sorted(m for m in ("torch", "torchvision") if m in sys.modules))
 """
     output = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert output.stdout.strip() == "[]"
+
+
+def test_the_stages_without_a_network_load_no_torch(tmp_path):
+    """evaluate, report and summary run six times in `make all`; importing torch would cost each about a second
+    (issue 24's start-up time). They run here on a small synthetic run whose ground truth, copied, stands in for
+    the pseudo masks evaluated."""
+    script = f"""
+import shutil, sys
+from pathlib import Path
+from typer.testing import CliRunner
+from wsss_cli.main import app
+runner = CliRunner()
+run = Path({str(tmp_path / "run")!r})
+result = runner.invoke(app, ["data", "synth", "--run", str(run), "--num-train", "8", "--num-val", "4",
+                             "--image-size", "32"])
+assert result.exit_code == 0, result.output
+shutil.copytree(run / "synth" / "SegmentationClass", run / "pseudo" / "crf")
+for command in (["evaluate", "pseudo/crf", "--split", "train"], ["report", "--split", "train"], ["summary"]):
+    result = runner.invoke(app, command + ["--run", str(run)])
+    assert result.exit_code == 0, (command, result.output)
+assert (run / "eval" / "pseudo-crf_train.json").exists() and (run / "report.html").exists()
+print(sorted(m for m in ("torch", "torchvision") if m in sys.modules))
+"""
+    output = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert output.returncode == 0, output.stderr[-2000:]
+    assert output.stdout.strip().splitlines()[-1] == "[]"

@@ -5,6 +5,10 @@ data that is this process's, and BatchNorm statistics synchronised across proces
 LOCAL_RANK in their environment. Outside torchrun a command is process 0 of 1 and nothing is initialised, so
 every stage runs the same code either way. The group uses NCCL on GPUs and gloo on CPUs. Processes other than
 rank 0 print nothing: rank 0 logs, checkpoints and writes the manifest.
+
+torch is imported only where a process group is involved: the stages that need no network (evaluate, report,
+summary) go through `processes()` too and start faster without it. BatchNorm across processes is in
+`core.sync_batchnorm`.
 """
 
 from __future__ import annotations
@@ -12,10 +16,6 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
-
-import torch
-import torch.distributed as dist
-from torch import nn
 
 from .console import console
 from .errors import UserError
@@ -37,12 +37,15 @@ class Processes:
 
     def barrier(self) -> None:
         if self.distributed:
+            import torch.distributed as dist
             dist.barrier()
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of `values` over all processes."""
         if not self.distributed:
             return list(values)
+        import torch
+        import torch.distributed as dist
         total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
         dist.all_reduce(total)
         return total.tolist()
@@ -51,6 +54,7 @@ class Processes:
         """Every process's `value` (any picklable object), in rank order, on every process."""
         if not self.distributed:
             return [value]
+        import torch.distributed as dist
         values = [None] * self.world_size
         dist.all_gather_object(values, value)
         return values
@@ -66,6 +70,8 @@ def processes() -> Processes:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Processes()
+    import torch
+    import torch.distributed as dist
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         if torch.cuda.is_available():
@@ -78,11 +84,14 @@ def processes() -> Processes:
 
 
 def _destroy() -> None:
+    import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def _collective_device() -> torch.device:
+def _collective_device():
+    import torch
+    import torch.distributed as dist
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -92,68 +101,3 @@ def check_batch_split(batch_size: int, procs: Processes) -> int:
     if batch_size % procs.world_size:
         raise UserError(f"--batch-size {batch_size} does not split evenly over {procs.world_size} processes")
     return batch_size // procs.world_size
-
-
-def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """BatchNorm statistics over the whole global batch instead of each process's share (`--sync-bn`).
-
-    On CUDA this is torch's `nn.SyncBatchNorm`. torch has none for CPU tensors, so on CPUs (gloo) each
-    BatchNorm2d becomes a `CpuSyncBatchNorm`, which computes the same statistics."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _replace_batchnorm(module)
-
-
-def _replace_batchnorm(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CpuSyncBatchNorm):
-        replacement = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                       module.track_running_stats)
-        replacement.load_state_dict(module.state_dict())
-        return replacement
-    for name, child in module.named_children():
-        setattr(module, name, _replace_batchnorm(child))
-    return module
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; its gradient is the sum of every process's gradient (each process's loss depends on
-    the summed statistics), as in torch's SyncBatchNorm."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-        return tensor
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class CpuSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are the mean and variance over all processes' batches (float32
-    sums of x and x² all-reduced); a plain BatchNorm2d in eval mode or in a single process."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        channels = x.shape[1]
-        values = x.float()
-        local_count = values.new_tensor([values.numel() / channels])
-        stats = _AllReduceSum.apply(torch.cat([values.sum((0, 2, 3)), (values * values).sum((0, 2, 3)), local_count]))
-        count = stats[-1]
-        mean = stats[:channels] / count
-        variance = (stats[channels:2 * channels] / count - mean * mean).clamp_min(0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
-                unbiased = variance * count / (count - 1).clamp_min(1)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)
-        out = (values - mean[None, :, None, None]) * torch.rsqrt(variance + self.eps)[None, :, None, None]
-        if self.affine:
-            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out.to(x.dtype)

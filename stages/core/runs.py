@@ -22,8 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from .. import __version__
 from ..data.index import DatasetIndex
 from .console import console
@@ -119,8 +117,9 @@ class Run(Layout):
             manifest.setdefault("unfinished", {})[stage.key] = {"started": started.isoformat(timespec="seconds"),
                                                                 "config": config}
             write_json(self.manifest_path, manifest)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        cuda = _cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
         metrics = stage.work()
         if processes().is_main:
             manifest = self.manifest()
@@ -235,6 +234,14 @@ def peak_memory() -> dict[str, float]:
     CRF worker processes not included) and, on CUDA, the peak of the GPU memory the stage allocated."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peaks = {"peak_rss_mib": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
-    if torch.cuda.is_available():
-        peaks["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    cuda = _cuda()
+    if cuda is not None:
+        peaks["peak_gpu_mib"] = round(cuda.max_memory_allocated() / 2**20, 1)
     return peaks
+
+
+def _cuda():
+    """torch.cuda when torch is loaded and sees a GPU, else None. A stage that never imported torch (evaluate,
+    report, summary) used no GPU, and importing torch only to ask would cost each of them a second."""
+    torch = sys.modules.get("torch")
+    return torch.cuda if torch is not None and torch.cuda.is_available() else None

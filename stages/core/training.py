@@ -212,27 +212,6 @@ def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
     return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
 
 
-TIMINGS = ("seconds", "data_seconds")  # the per-epoch entries that are neither loss terms nor metrics
-
-
-def loss_terms(epoch: dict[str, float]) -> dict[str, float]:
-    """An epoch's mean loss terms (without its timings and validation metrics)."""
-    return {name: value for name, value in epoch.items() if name not in TIMINGS and not name.startswith("val_")}
-
-
-def timing_metrics(history: list[dict[str, float]]) -> dict[str, float]:
-    """The mean epoch time and the share of it spent waiting for data, for a training stage's manifest entry."""
-    seconds = sum(epoch["seconds"] for epoch in history)
-    return {"epoch_seconds": round(seconds / len(history), 2),
-            "data_wait_share": round(sum(epoch.get("data_seconds", 0.0) for epoch in history) / seconds, 4)}
-
-
-def epoch_history(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    """The per-epoch metrics for the stage's manifest entry (the report plots them from there, without loading the
-    checkpoint), rounded to keep the manifest small."""
-    return [{name: round(value, 4) for name, value in epoch.items()} for epoch in history]
-
-
 def log_epoch(epoch: int, epochs: int, values: dict[str, float]) -> None:
     text = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
     console.print(f"epoch {epoch + 1}/{epochs}  {text}")

@@ -124,7 +124,7 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
                 mask = load_mask(f"{out_dir}/{sample.id}.png")
                 ignored, labelled = ignored + int((mask == IGNORE_INDEX).sum()), labelled + mask.size
         context = multiprocessing.get_context("fork")  # forked before this process uses a GPU; they never do
-        with context.Pool(config.workers, _init_worker, (str(cam_file), config, refine_inputs)) as pool, \
+        with context.Pool(config.workers, _init_worker, (str(cam_file), config, refine_inputs, batched)) as pool, \
                 progress_bar() as bar:
             task = bar.add_task("pseudo-label", total=len(jobs), status="")
             if batched:
@@ -204,13 +204,14 @@ def _label_with_batched_scores(pool, jobs: list[tuple[str, str, str]], cam_file:
 _worker: dict = {}
 
 
-def _init_worker(cam_file: str, config: PseudoLabelConfig, inputs: RefineInputs) -> None:
+def _init_worker(cam_file: str, config: PseudoLabelConfig, inputs: RefineInputs, labels_only: bool) -> None:
     # Each process opens the HDF5 file and builds any network itself: h5py handles must not cross a fork, and
-    # one thread per process since the processes already fill the cores.
+    # one thread per process since the processes already fill the cores. `labels_only`: the main process runs the
+    # score refinements (`_label_with_batched_scores`), so the workers build only the label ones.
     torch.set_num_threads(1)
     _worker["reader"] = CamReader(cam_file)
     _worker["config"] = config
-    _worker["refinements"] = parse_refinements(config.refine, inputs)
+    _worker["refinements"] = parse_refinements(config.refine, inputs, labels_only=labels_only)
 
 
 def _check_size(item: ImageItem, cams: np.ndarray) -> None:

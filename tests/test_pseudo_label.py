@@ -71,6 +71,16 @@ def test_parse_refinements():
         parse_refinements("crf,crf")
 
 
+def test_label_only_processes_build_no_score_refinement(tmp_path):
+    """pseudo-label's CRF workers beside a batched walk build only the label refinements: the random walk (which
+    would load its network from the checkpoint, missing here) and the saliency background are left out."""
+    from stages.refine import RefineInputs
+    inputs = RefineInputs(affinity_checkpoint=tmp_path / "missing.pt", saliency_dir=str(tmp_path))
+    assert [type(r) for r in parse_refinements("saliency,rw,crf", inputs, labels_only=True)] == [DenseCrf]
+    with pytest.raises(UserError):
+        parse_refinements("rw,crf", inputs)
+
+
 def test_saliency_background_makes_non_salient_pixels_background(tmp_path):
     from stages.data.saliency_maps import save_saliency
     from stages.refine.saliency_background import SaliencyBackground

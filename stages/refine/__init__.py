@@ -68,6 +68,11 @@ class Refinement:
         return labels
 
 
-def parse_refinements(spec: str, inputs: RefineInputs = RefineInputs()) -> list[Refinement]:
-    """The refinements `spec` names ('pcm,crf'; 'none' → []), in order, each built from `inputs`."""
-    return [REFINEMENTS.get(name).from_inputs(inputs) for name in refinement_names(spec)]
+def parse_refinements(spec: str, inputs: RefineInputs = RefineInputs(), *,
+                      labels_only: bool = False) -> list[Refinement]:
+    """The refinements `spec` names ('pcm,crf'; 'none' → []), in order, each built from `inputs`. `labels_only`:
+    only those that refine label maps, for processes that run nothing else (the others, such as the random walk
+    and its network, are not built there)."""
+    classes = [REFINEMENTS.get(name) for name in refinement_names(spec)]
+    return [cls.from_inputs(inputs) for cls in classes
+            if not labels_only or cls.refine_labels is not Refinement.refine_labels]

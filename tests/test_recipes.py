@@ -115,18 +115,6 @@ METHOD_OPTIONS = {  # (command, option): (the registry whose entry takes it, the
 }
 
 
-def parsed(args: list[str]):
-    """The Click context of one command line, parsed (its --config file read and checked) but not run."""
-    context, command = ROOT.context_class(ROOT, info_name="wsss"), ROOT
-    args = list(args)
-    while hasattr(command, "commands"):
-        name = args.pop(0)
-        command = command.commands[name]
-        if hasattr(command, "commands"):
-            context = command.context_class(command, info_name=name, parent=context)
-    return command.make_context(command.name, args, parent=context)
-
-
 def test_there_are_recipes():
     assert {"irn-voc", "seam-voc", "ppc-voc", "l2g-voc", "mcic-voc"} <= {path.stem for path in RECIPES}
 
@@ -137,11 +125,11 @@ def test_every_step_of_a_recipe_parses_with_its_config(recipe, tmp_path):
     (as for any --config), the step's own options too, and the method options (-o ...) are the method's."""
     import stages.registry
     from stages.methods import method_options
-    from wsss_cli.recipes import recipe_steps
+    from wsss_cli.recipes import recipe_steps, step_context
 
     steps = recipe_steps(recipe, str(tmp_path / "VOC2012"), tmp_path / "run")
     for step in steps:
-        context = parsed(step)
+        context = step_context(step)
         for (command, option), (registry, entry) in METHOD_OPTIONS.items():
             values = context.params.get(option)
             if context.info_name == command and values:

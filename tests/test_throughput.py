@@ -120,6 +120,33 @@ def test_scaling_benchmark_flags_a_stage_whose_cost_per_image_grows():
     assert fit([500, 1000, 2000], [4.0, 4.2, 4.1])["slows_down"] is None  # start-up and noise: no verdict
 
 
+def test_recipe_cost_scales_warm_epochs_by_training_images_and_the_rest_by_the_images_worked_on():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from recipe_cost import estimate
+
+    sample, real = {"train_aug": 100, "train": 50, "val": 20}, {"train_aug": 10000, "train": 1000, "val": 1000}
+    # Training: 2 epochs of 30 and 20 s on 100 images; validation and start-up the other 10 s of 60, on 2 x 20 val
+    # images. The recipe's 5 epochs: 5 x 20 s x 100 = 10000 s of epochs; the rest 10 s x (5 x 1000) / (2 x 20).
+    train_cam = {"config": {"train_split": "train_aug", "val_split": "val"},
+                 "metrics": {"history": [{"seconds": 30.0}, {"seconds": 20.0}]}}
+    result = estimate(60.0, train_cam, sample, real, epochs=5)
+    assert result["rest_scale"] == 125.0 and result["sample_rest_seconds"] == 10.0
+    assert result["estimated_training_hours"] == round(10000 / 3600, 3)
+    assert result["estimated_hours"] == round((10000 + 1250) / 3600, 3)
+    # Inference on one split: 12 s on 50 train images → 240 s on 1000; the segmenter's predictions likewise.
+    inference = {"config": {"split": "train"}}
+    assert estimate(12.0, inference, sample, real, epochs=1)["estimated_hours"] == round(240 / 3600, 3)
+    segment = {"config": {"train_split": "train", "predict_splits": ["val"]},
+               "metrics": {"history": [{"seconds": 4.0}]}}
+    result = estimate(6.0, segment, sample, real, epochs=3)  # 3 x 4 s x 20 of epochs, 2 s x 50 of predictions
+    assert result["estimated_hours"] == round((240 + 100) / 3600, 3)
+    # A step that changed no stage (up to date) keeps its seconds as they are.
+    assert estimate(3.0, {"config": {}}, sample, real, epochs=1)["estimated_hours"] == round(3 / 3600, 3)
+
+
 def test_background_writer_runs_jobs_in_order_and_raises_a_jobs_error_in_the_caller():
     import threading
 

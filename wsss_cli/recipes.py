@@ -50,6 +50,24 @@ def recipe_steps(recipe: Path, data: str, run: Path) -> list[list[str]]:
                                                                           str(run)] for step in steps]
 
 
+def step_context(args: list[str]):
+    """The Click context of one command line (arguments after `wsss`), parsed, its --config file read and checked,
+    but not run: `.params` holds every option's resolved value, `.info_name` the command's name."""
+    import typer.main
+
+    from .main import app
+
+    command = typer.main.get_command(app)
+    context = command.context_class(command, info_name="wsss")
+    args = list(args)
+    while hasattr(command, "commands"):
+        name = args.pop(0)
+        command = command.commands[name]
+        if hasattr(command, "commands"):
+            context = command.context_class(command, info_name=name, parent=context)
+    return command.make_context(command.name, args, parent=context)
+
+
 def reproduce(recipe: str, data: str, run: Path, dry_run: bool) -> int:
     """Run (or with `dry_run` print) the recipe's chain; the exit status of the first step that fails, else 0."""
     steps = recipe_steps(recipe_file(recipe), data, run)

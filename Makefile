@@ -65,12 +65,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py --run runs/bench
 
-# Throughput (benchmarks/README.md "Throughput"): where the stages' time goes, CAM inference and dense CRF against the
-# reference way, inference options, CAM storage, and how each stage of `make all` scales with the number of images.
-# All but the last use runs/bench.
+# Throughput (benchmarks/README.md "Throughput"): where the stages' time goes (and a training step's), CAM inference
+# and dense CRF against the reference way, inference options, CAM storage, and how each stage of `make all` scales
+# with the number of images. All but train_precision and the last use runs/bench.
 bench-throughput: $(STAMP)
 	test -f runs/bench/cams/train.h5 || $(MAKE) bench
 	$(BIN)/python benchmarks/profile_stages.py --run runs/bench
+	$(BIN)/python benchmarks/train_precision.py
 	$(BIN)/python benchmarks/infer_cam.py --run runs/bench
 	$(BIN)/python benchmarks/inference_options.py --run runs/bench
 	$(BIN)/python benchmarks/crf.py --run runs/bench

@@ -1,10 +1,13 @@
 """This checkout against another (e.g. `git worktree add /tmp/before COMMIT`), for a change that must keep
-behaviour: the same tiny pipeline run by each, its artifacts compared bit for bit; `wsss --help` start-up time,
-the two alternating round by round, and whether it loads torch; and the imports between stage modules, and how many modules following `stages.segment`'s imports crosses.
+behaviour: the same tiny pipeline run by each, its artifacts compared bit for bit; the start-up time of `wsss
+--help` and of the commands that run no network (evaluate, report, summary: six of `make all`'s twelve), the two
+checkouts alternating round by round, and whether `--help` loads torch; and the imports between stage modules,
+and how many modules following `stages.segment`'s imports crosses.
 
     python benchmarks/compare_trees.py --against /tmp/before [--rounds 5]
 
-Results: benchmarks/results/compare_trees.json. Both checkouts run with this interpreter (this venv).
+Results: benchmarks/results/compare_trees-<the other checkout's commit>.json. Both checkouts run with this
+interpreter (this venv).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ CHAIN = [
     ["pseudo-label", "--refine", "crf", "--workers", "1"],
     ["segment", "--labels", "pseudo", "--pseudo", "crf", "--predict", "val", *TINY],
 ]
+# Commands that run no network, timed on the chain's run: what each pays to start (their work here is tiny).
+NO_NETWORK = [["evaluate", "pseudo/crf", "--split", "train", "--force"], ["report", "--split", "train", "--force"],
+              ["summary"]]
 
 
 def wsss(tree: Path, *args: str) -> float:
@@ -127,12 +133,19 @@ def main() -> None:
         for command in CHAIN:
             wsss(tree, *command, "--run", str(run))
         stored[label] = artifacts(run)
+    no_network = {label: {" ".join(command[:2]): [] for command in NO_NETWORK} for label in trees}
+    for _ in range(args.rounds):
+        for label, tree in trees.items():
+            for command in NO_NETWORK:
+                seconds = wsss(tree, *command, "--run", str(work / label))
+                no_network[label][" ".join(command[:2])].append(round(seconds, 3))
     this, other = stored["this"], stored["against"]
     differing = sorted(key for key in this.keys() & other.keys() if not np.array_equal(this[key], other[key]))
     result = {
         "machine": machine_info(),
         "help_seconds": startup,
         "help_loads_torch": {label: loads_torch(tree) for label, tree in trees.items()},
+        "no_network_seconds": no_network,
         "stage_imports": {label: stage_imports(tree) for label, tree in trees.items()},
         "modules_reached_from_segment": {label: reachable_from(tree) for label, tree in trees.items()},
         "artifacts_compared": len(this.keys() & other.keys()),
@@ -140,7 +153,9 @@ def main() -> None:
         "artifacts_differing": differing,
     }
     shutil.rmtree(work)
-    output = ROOT / "benchmarks" / "results" / "compare_trees.json"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=trees["against"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    output = ROOT / "benchmarks" / "results" / f"compare_trees-{commit}.json"
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({key: value for key, value in result.items() if key != "machine"}, indent=2))
 

@@ -123,7 +123,9 @@ def pseudo_label(run: Run, config: PseudoLabelConfig, *, force: bool = False) ->
             if f"{sample.id}.png" in finished:
                 mask = load_mask(f"{out_dir}/{sample.id}.png")
                 ignored, labelled = ignored + int((mask == IGNORE_INDEX).sum()), labelled + mask.size
-        context = multiprocessing.get_context("fork")  # forked before this process uses a GPU; they never do
+        # fork: the workers never touch the GPU, so CUDA, which this process may have started (Run.execute resets
+        # its peak-memory count), does not need them to be spawned
+        context = multiprocessing.get_context("fork")
         with context.Pool(config.workers, _init_worker, (str(cam_file), config, refine_inputs, batched)) as pool, \
                 progress_bar() as bar:
             task = bar.add_task("pseudo-label", total=len(jobs), status="")

@@ -21,10 +21,10 @@ from PIL import Image
 
 from .config import ReportConfig
 from .core.camstore import CamReader
+from .core.history import loss_terms
 from .core.io import atomic_path, load_image, load_mask, read_json
 from .core.overlays import PALETTE, heat_overlay, mask_overlay
 from .core.runs import Run, Stage
-from .core.history import loss_terms
 from .data.index import DatasetIndex, Sample
 from .plots import Marker, Series, bar_chart, heat_map, line_plot
 from .results import headline, load_results, percent, stale_results

@@ -9,8 +9,8 @@ from stages.core.camstore import CamReader, CamWriter
 from stages.core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from stages.core.errors import UserError
 from stages.core.io import atomic_path, load_image, load_mask, save_mask, write_json, read_json
-from stages.core.runs import Run, Stage
 from stages.core.history import loss_terms, timing_metrics
+from stages.core.runs import Run, Stage
 from stages.data.index import DatasetIndex, Sample, check_sample_id
 from PIL import Image
 

@@ -121,8 +121,8 @@ print(sorted(m for m in ("torch", "torchvision") if m in sys.modules))
 
 
 def test_the_stages_without_a_network_load_no_torch(tmp_path):
-    """evaluate, report and summary run six times in `make all`; importing torch would cost each about a second
-    (issue 24's start-up time). They run here on a small synthetic run whose ground truth, copied, stands in for
+    """evaluate, report and summary run six times in `make all`; importing torch would cost each about 1.6 s
+    of start-up. They run here on a small synthetic run whose ground truth, copied, stands in for
     the pseudo masks evaluated."""
     script = f"""
 import shutil, sys

@@ -1,5 +1,5 @@
 """How right are PPC's online pseudo labels and prototype pixels? Scores them against ground truth on the grids
-PPC works on, for trained CAM checkpoints. Results: `benchmarks/results/ppc_pseudo_labels.json`.
+PPC works on, for trained CAM checkpoints. Results: `benchmarks/results/ppc_pseudo_labels.json` (or `--out`).
 
     python benchmarks/ppc_pseudo_labels.py RUN [RUN ...] [--images 512] [--bg-threshold 0.2]
 
@@ -109,17 +109,19 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--bg-threshold", type=float, default=PpcOptions().bg_threshold)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results file (another regime's runs: the same name with -<regime>)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for run_dir in args.runs:
         result = score_run(run_dir, args.images, PpcOptions(bg_threshold=args.bg_threshold))
         results[f"{run_dir.name} bg {args.bg_threshold}"] = result
         print(json.dumps({k: result[k] for k in ("run", "grids")}), file=sys.stderr)
         for view in ("first", "second"):
             print(view, {k: round(v, 3) for k, v in result[view].items() if isinstance(v, float)}, file=sys.stderr)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

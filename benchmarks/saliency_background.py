@@ -3,7 +3,7 @@ background and the true objects of a split: the share of each below t, for sever
 
     python benchmarks/saliency_background.py RUN SALIENCY_DIR [--split train] [--thresholds 0.1,0.2,0.3,0.5]
 
-Results: printed and written to `benchmarks/results/saliency_background.json`.
+Results: printed and written to `benchmarks/results/saliency_background.json` (or `--out`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("saliency", type=Path)
     parser.add_argument("--split", default="train")
     parser.add_argument("--thresholds", default="0.1,0.2,0.3,0.5")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results file (another regime's runs: the same name with -<regime>)")
     args = parser.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",")]
     source = DirectorySaliency(str(args.saliency))
@@ -47,8 +49,8 @@ def main() -> None:
     results = {"run": str(args.run), "saliency": str(args.saliency), "split": args.split, "images": len(samples),
                "thresholds": thresholds,
                "share_below": {name: (below[name] / max(counts[name], 1)).round(4).tolist() for name in below}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     for index, t in enumerate(thresholds):
         print(f"saliency < {t}: {results['share_below']['background'][index]:.1%} of background pixels, "
               f"{results['share_below']['object'][index]:.1%} of object pixels")

@@ -11,7 +11,7 @@
    against chance (a uniform row: the share of the image's pixels in that class), and the row's effective
    number of sources (exp of its entropy) as a share of the map. An affinity that helps refinement puts far more
    than chance on the own class; one near chance and spread over the map only blurs the CAM.
-Results: `benchmarks/results/seam_analysis.json`.
+Results: `benchmarks/results/seam_analysis.json`, or `--out` (for the runs of another regime).
 """
 
 from __future__ import annotations
@@ -107,15 +107,17 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--images", type=int, default=200, help="the split's first N labelled images")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results file (another regime's runs: the same name with -<regime>)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for run_dir in args.runs:
         result = measure(run_dir, args.split, args.scale, args.images)
         results[run_dir.name] = result
         print(json.dumps(result), file=sys.stderr)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def run_variant(run: Path, variant: str, seed: int, contrast_options: list[str],
     saliency = [str(run.parent / "saliency" / "saliency")]
     args = [arg for item in extra
             for arg in {"CONTRAST": contrast, "SALIENCY": saliency}.get(item, [item])]
-    wsss("segment", "--run", str(run), *args, "--seed", str(seed), *segment_options)
+    wsss("segment", "--run", str(run), *args, "--seed", str(seed), *segment_options, "--resume")  # see methods.py
     wsss("evaluate", f"segment/{tag}", "--run", str(run), "--split", "val")
     if variant == "mcic":
         wsss("evaluate", "pseudo/mcic", "--run", str(run), "--split", "train")

@@ -11,7 +11,9 @@ README markers `bench:methods-<regime>` (the default regime, resnet10-scratch, k
 `methods.json` and `bench:methods`).
 Each (method, seed) runs in its own folder `runs/methods/<method>-s<seed>/` with the pipeline of `make all`
 (CAM inference at 1.0/0.5/1.5 + flip, IRN thresholds, CRF pseudo masks, segmenter on them); all runs share one
-generated dataset. A finished stage is not re-run (its manifest entry exists), so the script can be resumed.
+generated dataset. A finished stage is not re-run (its manifest entry exists), so the script can be resumed; an
+interrupted training stage continues after its last finished epoch (`--resume`, which gives the result of an
+uninterrupted run).
 Variants of a method are named `NAME:KEY=VALUE;KEY=VALUE`: each KEY=VALUE goes to `train-cam -o KEY=VALUE`,
 except keys spelled as train-cam flags (`--output-stride=8`), which are passed as `--output-stride 8`.
 `--saliency` computes the built-in saliency maps of the shared dataset once (run `runs/methods/saliency`, which
@@ -97,7 +99,7 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
         option_args = [arg for option in options
                        for arg in (option.split("=", 1) if option.startswith("--") else ("-o", option))]
         wsss("train-cam", *run_args, "--method", method, *cam_options, *option_args, *saliency_args, "--seed",
-             str(seed))
+             str(seed), "--resume")
     if not done(run, "evaluate/cams_train"):
         wsss("infer-cam", *run_args, "--split", "train", "--scales", "1.0,0.5,1.5")
         wsss("evaluate", "cams", *run_args, "--split", "train")
@@ -122,7 +124,7 @@ def run_pipeline(run: Path, method: str, options: list[str], seed: int, data: Pa
         return
     if not done(run, f"evaluate/segment-pseudo-{segment_on}_val"):
         wsss("segment", *run_args, "--labels", "pseudo", "--pseudo", segment_on, "--seed", str(seed),
-             *segment_options)
+             *segment_options, "--resume")
         wsss("evaluate", f"segment/pseudo-{segment_on}", *run_args, "--split", "val")
 
 

@@ -27,9 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from stages.core.camstore import CamReader  # noqa: E402
 from stages.core.io import load_mask  # noqa: E402
-from stages.core.runs import Run  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
-from subset_run import subset_run  # noqa: E402
+from subset_run import add_sample_options, sample_paths, subset_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "before_after.json"
 FG_THRESHOLD = 0.30
@@ -71,15 +70,9 @@ print(json.dumps(seconds))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", type=Path, required=True, help="the other checkout (before the change)")
-    parser.add_argument("--run", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--images", type=int, default=256, help="synthetic images")
-    parser.add_argument("--voc-sized", type=int, default=24, help="VOC-sized images")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-before-after"), help="scratch folder")
+    add_sample_options(parser, images=256, voc_sized=24, work="runs/bench-before-after")
     args = parser.parse_args()
-    run = Run(args.run if args.run.is_absolute() else ROOT / args.run)
-    work = args.work if args.work.is_absolute() else ROOT / args.work
-    shutil.rmtree(work, ignore_errors=True)
+    run, work = sample_paths(args)
     trees = {"before": args.against.resolve(), "after": ROOT}
     for tree in trees:
         for name, count, voc_sized in (("synthetic", args.images, False), ("voc-sized", args.voc_sized, True)):

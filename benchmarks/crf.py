@@ -39,7 +39,7 @@ from stages.config import PseudoLabelConfig  # noqa: E402
 from stages.pseudo_label import pseudo_label  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import interleaved_runs  # noqa: E402
-from subset_run import subset_run  # noqa: E402
+from subset_run import add_sample_options, sample_paths, subset_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "crf.json"
 CONFIG = PseudoLabelConfig(refine="crf")
@@ -47,15 +47,9 @@ CONFIG = PseudoLabelConfig(refine="crf")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/bench"), help="a run with cams/train.h5")
-    parser.add_argument("--images", type=int, default=300, help="synthetic images")
-    parser.add_argument("--voc-sized", type=int, default=16, help="VOC-sized images")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-crf"), help="scratch folder")
+    add_sample_options(parser, images=300, voc_sized=16, work="runs/bench-crf", run_help="a run with cams/train.h5")
     args = parser.parse_args()
-    run = Run(args.run if args.run.is_absolute() else ROOT / args.run)
-    work = args.work if args.work.is_absolute() else ROOT / args.work
-    shutil.rmtree(work, ignore_errors=True)
+    run, work = sample_paths(args)
     cores = os.cpu_count() or 1
     worker_counts = sorted({1, cores})
     results = {}

@@ -50,7 +50,7 @@ from stages.methods import cam_model_from_checkpoint  # noqa: E402
 from stages.models.multiscale import multi_scale_sum  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import interleaved_runs  # noqa: E402
-from subset_run import subset_run  # noqa: E402
+from subset_run import add_sample_options, sample_paths, subset_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "infer_cam.json"
 FLOAT16_STEP_AT_ONE = 2.0 ** -10
@@ -59,17 +59,12 @@ FG_THRESHOLD = 0.30  # pseudo-label's default: how many pixels change label with
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/bench"), help="a run with cam/checkpoint.pt")
-    parser.add_argument("--images", type=int, default=128, help="synthetic images")
-    parser.add_argument("--voc-sized", type=int, default=32, help="VOC-sized images")
+    add_sample_options(parser, images=128, voc_sized=32, work="runs/bench-infer-cam",
+                       run_help="a run with cam/checkpoint.pt")
     parser.add_argument("--scales", default="1.0,0.5,1.5,2.0", help="IRN's inference scales")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-infer-cam"), help="scratch folder")
     args = parser.parse_args()
-    run = Run(args.run if args.run.is_absolute() else ROOT / args.run)
+    run, work = sample_paths(args)
     scales = tuple(float(s) for s in args.scales.split(","))
-    work = args.work if args.work.is_absolute() else ROOT / args.work
-    shutil.rmtree(work, ignore_errors=True)
     checkpoint_path = run.path("cam", "checkpoint.pt")
     checkpoint = load_checkpoint(checkpoint_path, "cam")
     model = cam_model_from_checkpoint(checkpoint, checkpoint_path)

@@ -42,7 +42,6 @@ from stages.core.checkpoint import checkpoint_normalization, load_checkpoint, mo
 from stages.core.device import autocast, forward_pixel_budget, memory_format, resolve_device  # noqa: E402
 from stages.core.distributed import processes  # noqa: E402
 from stages.core.io import load_image  # noqa: E402
-from stages.core.runs import Run  # noqa: E402
 from stages.infer_cam import infer_cam  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
 from stages.models.multiscale import fused_cams, labelled_cams  # noqa: E402
@@ -52,7 +51,7 @@ from stages.segment import segment  # noqa: E402
 from stages.train_cam import train_cam  # noqa: E402
 from readme_table import machine_info, write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
 from step_timing import timed  # noqa: E402
-from subset_run import subset_run  # noqa: E402
+from subset_run import add_sample_options, sample_paths, subset_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "profile_stages.json"
 CAM_SCALES = (1.0, 0.5, 1.5)  # make all's
@@ -63,16 +62,10 @@ LOADER = "enumerate(DataLoader)"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--images", type=int, default=512, help="synthetic images")
-    parser.add_argument("--voc-sized", type=int, default=32, help="VOC-sized images")
-    parser.add_argument("--rounds", type=int, default=2)
+    add_sample_options(parser, images=512, voc_sized=32, work="runs/bench-profile")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-profile"), help="scratch folder")
     args = parser.parse_args()
-    run = Run(args.run if args.run.is_absolute() else ROOT / args.run)
-    work = args.work if args.work.is_absolute() else ROOT / args.work
-    shutil.rmtree(work, ignore_errors=True)
+    run, work = sample_paths(args)
     device = resolve_device(args.device)
     cam_path = run.path("cam", "checkpoint.pt")
     segmenter_path = run.path("segment", "pseudo-crf", "checkpoint.pt")

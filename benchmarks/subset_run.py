@@ -4,13 +4,16 @@ and the CRF's cost depend on)."""
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from stages.core.runs import Run  # noqa: E402
 from stages.data.index import DatasetIndex  # noqa: E402
@@ -37,3 +40,23 @@ def subset_run(folder: Path, source: Run, count: int, voc_sized: bool = False) -
     DatasetIndex(index.name, index.format, index.root, index.class_names, {"train": samples}).save(
         folder / "dataset.json")
     return Run(folder)
+
+
+def add_sample_options(parser: argparse.ArgumentParser, *, images: int, voc_sized: int, work: str,
+                       run_help: str = "the source run") -> None:
+    """The options of a benchmark that measures on samples of a run's images: the run, how many synthetic and
+    VOC-sized images, the rounds, the scratch folder."""
+    parser.add_argument("--run", type=Path, default=Path("runs/bench"), help=run_help)
+    parser.add_argument("--images", type=int, default=images, help="synthetic images")
+    parser.add_argument("--voc-sized", type=int, default=voc_sized, help="VOC-sized images")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path(work), help="scratch folder")
+
+
+def sample_paths(args: argparse.Namespace) -> tuple[Run, Path]:
+    """The source run and the scratch folder of `add_sample_options`' arguments (relative ones from the repository
+    root), the scratch folder emptied."""
+    run = Run(args.run if args.run.is_absolute() else ROOT / args.run)
+    work = args.work if args.work.is_absolute() else ROOT / args.work
+    shutil.rmtree(work, ignore_errors=True)
+    return run, work

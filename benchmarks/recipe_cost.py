@@ -69,12 +69,9 @@ SMALL = {
 
 
 def dataset_of(recipe: Path) -> str:
-    return "coco" if any(step.startswith("data coco") for step in _chain(recipe)) else "voc"
-
-
-def _chain(recipe: Path) -> list[str]:
-    import tomllib
-    return tomllib.loads(recipe.read_text())["reproduce"]["steps"]
+    """coco for a recipe whose chain indexes COCO, else voc."""
+    steps = recipe_steps(recipe, "{data}", Path("run"))
+    return "coco" if any(step[:2] == ["data", "coco"] for step in steps) else "voc"
 
 
 def sample_tree(work: Path, dataset: str, count: int, small: bool) -> tuple[Path, dict[str, int]]:

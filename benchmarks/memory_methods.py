@@ -12,7 +12,9 @@ same code path, same seed) are the two-stage pipeline this compares with. MCIC r
 built-in saliency maps (`runs/methods/saliency/saliency`, made by `methods.py --saliency`). Finished stages are
 not re-run, so the script can be resumed. `--regime` (one of benchmarks/regimes.py's) works in that regime's
 methods runs (`runs/methods-<regime>/`, from `methods.py --regime`), adds its segment options, and writes
-`memory_methods-<regime>.json` and the markers `bench:memory-methods-<regime>`.
+`memory_methods-<regime>.json` and the markers `bench:memory-methods-<regime>`. Under the table, each variant of
+VERDICTS against the one it changes, seed by seed (`seed_stats.py`'s paired t-test); `--table` writes both from the
+results file without running anything.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from seed_stats import paired_difference  # noqa: E402
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
 DEFAULT_REGIME = "resnet10-scratch"
@@ -45,6 +48,12 @@ VARIANTS = {
 NAMES = {"pseudo-crf": "segmenter on CRF pseudo masks", "pseudo-crf-memory": "same + memory contrast",
          "gt": "segmenter on ground truth", "gt-memory": "same + memory contrast",
          "mcic": "MCIC (end to end)", "pseudo-mcic": "segmenter on MCIC's seeds (2nd round)"}
+
+# Each verdict: a variant, the variant it is compared with seed by seed (same run folder), what its paper claims.
+VERDICTS = (("pseudo-crf-memory", "pseudo-crf", "memory contrast raises the segmenter (on pseudo masks)"),
+            ("gt-memory", "gt", "memory contrast raises the segmenter on ground truth too"),
+            ("mcic", "pseudo-crf", "MCIC, end to end, matches or beats the two-stage chain"),
+            ("pseudo-mcic", "pseudo-crf", "a second round on MCIC's seeds beats the two-stage chain"))
 
 
 def wsss(*args: str) -> None:
@@ -112,6 +121,31 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def verdict_table(per_seed: dict) -> str:
+    """Markdown: each VERDICTS entry with both sides measured, as the paired difference of val mIoU over the seeds
+    (**bold**: beyond the seed spread, a paired t-test at 5%, `benchmarks/seed_stats.py`); empty when none is."""
+    def values(variant: str) -> dict[int, float]:
+        return {int(seed): numbers[f"{variant}_val_miou"] for seed, numbers in per_seed.items()
+                if f"{variant}_val_miou" in numbers}
+
+    lines = []
+    for variant, base, claim in VERDICTS:
+        change = paired_difference(values(variant), values(base))
+        if change is None:
+            continue
+        text = f"{100 * change['mean']:+.1f} ± {100 * change['sd']:.1f}"
+        per = " / ".join(f"{100 * d:+.1f}" for d in change["differences"])
+        direction = "raises" if change["mean"] > 0 else "lowers"
+        verdict = (f"{'yes' if change['mean'] > 0 else 'no'}: {direction} it beyond the spread"
+                   if change["beyond_spread"] else "within the spread")
+        lines.append(f"| {NAMES[variant]} | {NAMES[base]} | {claim} | "
+                     f"{f'**{text}**' if change['beyond_spread'] else text} ({per}) | {verdict} |")
+    if not lines:
+        return ""
+    return "\n".join(["| segmenter | against | the paper's claim | val mIoU change | in the paper's direction? |",
+                      "|---|---|---|---|---|", *lines])
+
+
 def main() -> None:
     from regimes import REGIMES
 
@@ -122,10 +156,16 @@ def main() -> None:
                         help="KEY=VALUE passed to --contrast-option of the memory-contrast variants")
     parser.add_argument("--regime", choices=list(REGIMES), default=DEFAULT_REGIME,
                         help="benchmarks/regimes.py's regime: its methods runs and segment options")
+    parser.add_argument("--table", action="store_true",
+                        help="run nothing: write the table and the verdicts from the results file")
     args = parser.parse_args()
     suffix = "" if args.regime == DEFAULT_REGIME else f"-{args.regime}"
     runs = ROOT / "runs" / f"methods{suffix}"
     results_path = ROOT / "benchmarks" / "results" / f"memory_methods{suffix}.json"
+    if args.table:
+        results = json.loads(results_path.read_text())
+        write_tables(results["summary"], results["per_seed"], suffix)
+        return
     segment_options = REGIMES[args.regime][2].split()
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
@@ -144,8 +184,16 @@ def main() -> None:
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps({"regime": args.regime, "seeds": seeds, "contrast_options": args.contrast_option,
                                         "per_seed": per_seed, "summary": summary}, indent=2) + "\n")
-    write_readme_table(f"memory-methods{suffix}", table(summary))
-    print(table(summary))
+    write_tables(summary, per_seed, suffix)
+
+
+def write_tables(summary: dict, per_seed: dict, suffix: str) -> None:
+    text = table(summary)
+    verdicts = verdict_table(per_seed)
+    if verdicts:
+        text += "\n\nEach segmenter against the one it changes, seed by seed (val mIoU points):\n\n" + verdicts
+    write_readme_table(f"memory-methods{suffix}", text)
+    print(text)
 
 
 if __name__ == "__main__":

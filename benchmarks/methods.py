@@ -18,6 +18,8 @@ Variants of a method are named `NAME:KEY=VALUE;KEY=VALUE`: each KEY=VALUE goes t
 except keys spelled as train-cam flags (`--output-stride=8`), which are passed as `--output-stride 8`.
 `--saliency` computes the built-in saliency maps of the shared dataset once (run `runs/methods/saliency`, which
 also records their quality) and passes them to train-cam (L2G shape transfer) and pseudo-label (`--refine saliency`).
+Under the table, each method of VERDICTS against its base seed by seed (`seed_stats.py`'s paired t-test); `--table`
+writes both from the results file without running anything.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.registry import CAM_METHODS  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
+from seed_stats import paired_difference  # noqa: E402
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
 DEFAULT_REGIME = "resnet10-scratch"
@@ -48,7 +51,26 @@ COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM 
            ("pseudo-crf_train_miou_confident", "CRF pseudo masks: confident-pixel mIoU"),
            ("segment-pseudo-crf_val_miou", "segmenter (val)"),
            ("segment-pseudo-saliency+crf_val_miou", "segmenter on saliency + CRF masks (val)"))
+# (key, title, format) of the numbers given as the median over seeds
+MEDIAN_COLUMNS = (("train_cam_epoch_seconds", "train-cam s/epoch", ".1f"),
+                  ("train_cam_peak_rss_mib", "train-cam peak MiB", ".0f"))
 STAGES = ("cam", "pseudo", "segment")
+# Each verdict: a method (spec; "(raw CAMs)" reads its raw-CAM numbers), the base it is compared with seed by seed,
+# and what its paper says the method does to the CAMs. The verdict is on the CAM mIoU; the other measures' paired
+# differences are shown beside it.
+VERDICTS = (("seam", "baseline", "SEAM raises CAM mIoU over its base"),
+            ("seam (raw CAMs)", "baseline", "SEAM's equivariance training raises the raw CAMs too"),
+            ("baseline:--aux=ppc", "baseline", "PPC raises CAM mIoU over its base"),
+            ("seam:--aux=ppc", "seam", "PPC raises CAM mIoU over its base"),
+            ("l2g", "baseline", "L2G raises CAM mIoU over its base"),
+            ("l2g:shape_transfer=false", "baseline", "local-to-global transfer alone raises CAM mIoU"),
+            ("l2g", "l2g:shape_transfer=false", "shape transfer raises CAM mIoU further"))
+# (title, key of the method's number, key of the same number made from raw CAMs; None: there is none)
+VERDICT_MEASURES = (("CAM", "cams_train_miou", "cams-raw_train_miou"),
+                    ("pseudo masks, CRF", "pseudo-crf_train_miou", "pseudo-crf-raw_train_miou"),
+                    ("pseudo masks, CRF, fitted thr.", "pseudo-crf-fitted_train_miou",
+                     "pseudo-crf-raw-fitted_train_miou"),
+                    ("segmenter", "segment-pseudo-crf_val_miou", None))
 
 
 def wsss(*args: str) -> None:
@@ -178,9 +200,14 @@ def main() -> None:
     parser.add_argument("--regime", choices=list(REGIMES), default=DEFAULT_REGIME,
                         help="benchmarks/regimes.py's regime: its data, train-cam and segment options")
     parser.add_argument("--runs", type=Path, help="default: runs/methods (runs/methods-REGIME)")
+    parser.add_argument("--table", action="store_true",
+                        help="run nothing: write the table and the verdicts from the results file")
     args = parser.parse_args()
     suffix = "" if args.regime == DEFAULT_REGIME else f"-{args.regime}"
     results_path = ROOT / "benchmarks" / "results" / f"methods{suffix}.json"
+    if args.table:
+        write_tables(json.loads(results_path.read_text()), suffix)
+        return
     runs = args.runs or Path(f"runs/methods{suffix}")
     runs = runs if runs.is_absolute() else ROOT / runs
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -205,9 +232,18 @@ def main() -> None:
                                                                   for s in per_seed])}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-    table = results_table(results)
-    print(table, file=sys.stderr)
-    write_readme_table(f"methods{suffix}", table)
+    write_tables(results, suffix)
+
+
+def write_tables(results: dict, suffix: str) -> None:
+    text = results_table(results)
+    verdicts = verdict_table(results)
+    if verdicts:
+        text += ("\n\nEach method against its base, seed by seed (method minus base, mIoU points: mean ± sd of the "
+                 "paired differences, per seed in brackets; **bold**: beyond the seed spread, a paired t-test at 5%, "
+                 "`benchmarks/seed_stats.py`). The verdict is on the CAMs, what the papers claim.\n\n" + verdicts)
+    print(text, file=sys.stderr)
+    write_readme_table(f"methods{suffix}", text)
 
 
 def results_table(results: dict) -> str:
@@ -216,9 +252,11 @@ def results_table(results: dict) -> str:
     number for is left out."""
     results = {spec: result for spec, result in results.items() if "summary" in result}
     columns = [(key, title) for key, title in COLUMNS if any(key in r["summary"] for r in results.values())]
-    header = ("| method | seeds | " + " | ".join(title for _, title in columns)
-              + " | train-cam s/epoch | train-cam peak MiB |")
-    lines = [header, "|---" * (len(columns) + 4) + "|"]
+    medians = [(key, title, spec) for key, title, spec in MEDIAN_COLUMNS
+               if any(median_of(r, key, spec) != "–" for r in results.values())]
+    header = ("| method | seeds | " + " | ".join([title for _, title in columns] + [title for _, title, _ in medians])
+              + " |")
+    lines = [header, "|---" * (len(columns) + len(medians) + 2) + "|"]
     for spec, result in results.items():
         summary, seeds = result["summary"], [s["seed"] for s in result["seeds"]]
         cells = []
@@ -227,10 +265,43 @@ def results_table(results: dict) -> str:
             values = " / ".join(f"{100 * seed[key]:.1f}" for seed in result["seeds"] if seed.get(key) is not None)
             cells.append("–" if not s else f"{100 * s['mean']:.1f}" if s["n"] == 1
                          else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({values})")
-        lines.append(f"| {spec} | {','.join(map(str, seeds))} | " + " | ".join(cells)
-                     + f" | {median_of(result, 'train_cam_epoch_seconds', '.1f')} | "
-                     f"{median_of(result, 'train_cam_peak_rss_mib', '.0f')} |")
+        cells += [median_of(result, key, number_format) for key, _, number_format in medians]
+        lines.append(f"| {spec} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict_table(results: dict) -> str:
+    """Markdown: one row per VERDICTS entry whose method and base both have results (empty when none has)."""
+    def per_seed(spec: str, key: str | None) -> dict[int, float]:
+        seeds = results.get(spec, {}).get("seeds", [])
+        return {s["seed"]: s[key] for s in seeds if key is not None and s.get(key) is not None}
+
+    lines = []
+    for method, base, claim in VERDICTS:
+        spec, raw = method.removesuffix(" (raw CAMs)"), method.endswith(" (raw CAMs)")
+        cells, verdict = [], "–"
+        for title, key, raw_key in VERDICT_MEASURES:
+            change = paired_difference(per_seed(spec, raw_key if raw else key), per_seed(base, key))
+            cells.append(difference_text(change))
+            if title == "CAM" and change:
+                direction = "raises" if change["mean"] > 0 else "lowers"
+                verdict = (f"{'yes' if change['mean'] > 0 else 'no'}: {direction} it beyond the spread"
+                           if change["beyond_spread"] else "no: within the spread")
+        if verdict != "–":
+            lines.append(f"| {method} | {base} | {claim} | " + " | ".join(cells) + f" | {verdict} |")
+    if not lines:
+        return ""
+    header = ("| method | against | the paper's claim | " + " | ".join(f"{title} change" for title, *_ in VERDICT_MEASURES)
+              + " | in the paper's direction? |")
+    return "\n".join([header, "|---" * (len(VERDICT_MEASURES) + 4) + "|", *lines])
+
+
+def difference_text(change: dict | None) -> str:
+    if change is None:
+        return "–"
+    values = " / ".join(f"{100 * d:+.1f}" for d in change["differences"])
+    text = f"{100 * change['mean']:+.1f} ± {100 * change['sd']:.1f}"
+    return (f"**{text}**" if change["beyond_spread"] else text) + f" ({values})"
 
 
 def median_of(result: dict, key: str, spec: str) -> str:

@@ -1,0 +1,59 @@
+"""The methods benchmarks' verdicts: the paired t-test rule by hand, and the rows it puts in their tables."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from seed_stats import paired_difference  # noqa: E402
+
+
+def test_paired_difference_by_hand():
+    # differences 0.05, 0.06, 0.04: mean 0.05, sd 0.01, t = 0.05 / (0.01 / sqrt 3) = 8.66 > 4.303
+    change = paired_difference({0: 0.50, 1: 0.52, 2: 0.51, 7: 0.9}, {0: 0.45, 1: 0.46, 2: 0.47})
+    assert change["seeds"] == [0, 1, 2]  # seed 7 has no base run: left out
+    assert change["mean"] == pytest.approx(0.05) and change["sd"] == pytest.approx(0.01)
+    assert change["t"] == pytest.approx(0.05 / (0.01 / math.sqrt(3))) and change["beyond_spread"]
+    # differences 1, 2, 3: mean 2, sd 1, t = 3.46 < 4.303: the same sign in every seed, yet within the spread
+    within = paired_difference({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert within["t"] == pytest.approx(2 * math.sqrt(3)) and not within["beyond_spread"]
+    # a drop is tested the same way
+    assert paired_difference({0: 0.0, 1: 0.0, 2: 0.0}, {0: 0.05, 1: 0.06, 2: 0.04})["beyond_spread"]
+    # the same change in every seed is beyond any spread, no change is not
+    assert paired_difference({0: 1.5, 1: 2.5}, {0: 1.0, 1: 2.0})["beyond_spread"]
+    assert not paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})["beyond_spread"]
+    assert paired_difference({0: 1.0}, {0: 0.0, 1: 0.0}) is None  # one shared seed: no spread to test against
+
+
+def test_methods_verdicts_compare_each_method_with_its_base_seed_by_seed():
+    from methods import verdict_table
+
+    def run(seed: int, cam: float, raw: float | None = None) -> dict:
+        return {"seed": seed, "cams_train_miou": cam, "pseudo-crf_train_miou": cam + 0.1,
+                **({"cams-raw_train_miou": raw} if raw is not None else {})}
+
+    results = {"baseline": {"seeds": [run(0, 0.55), run(1, 0.56), run(2, 0.54)]},
+               "seam": {"seeds": [run(0, 0.50, raw=0.555), run(1, 0.51, raw=0.565), run(2, 0.50, raw=0.54)]}}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in verdict_table(results).splitlines()[2:]}
+    assert set(rows) == {"seam", "seam (raw CAMs)"}  # the other methods have no results: no rows
+    assert "**-4.7 ± 0.6** (-5.0 / -5.0 / -4.0)" in rows["seam"] and "no: lowers it beyond the spread" in rows["seam"]
+    assert "+0.3 ± 0.3 (+0.5 / +0.5 / +0.0)" in rows["seam (raw CAMs)"]
+    assert rows["seam (raw CAMs)"].endswith("| no: within the spread |")
+    assert verdict_table({"baseline": results["baseline"]}) == ""
+
+
+def test_memory_methods_verdicts_read_the_per_seed_results_as_stored():
+    from memory_methods import verdict_table
+
+    per_seed = {"0": {"pseudo-crf_val_miou": 0.30, "pseudo-crf-memory_val_miou": 0.34, "mcic_val_miou": 0.20},
+                "1": {"pseudo-crf_val_miou": 0.29, "pseudo-crf-memory_val_miou": 0.33, "mcic_val_miou": 0.21},
+                "2": {"pseudo-crf_val_miou": 0.31, "pseudo-crf-memory_val_miou": 0.34, "mcic_val_miou": 0.22}}
+    lines = verdict_table(per_seed).splitlines()
+    assert len(lines) == 4  # header, rule, memory contrast on pseudo masks, MCIC; no ground-truth runs: no row
+    assert "**+3.7 ± 0.6** (+4.0 / +4.0 / +3.0)" in lines[2] and "yes: raises it beyond the spread" in lines[2]
+    assert "**-9.0 ± 1.0**" in lines[3] and lines[3].endswith("| no: lowers it beyond the spread |")

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
-from seed_stats import paired_difference  # noqa: E402
+from seed_stats import difference_text, paired_difference, verdict_text  # noqa: E402
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
 DEFAULT_REGIME = "resnet10-scratch"
@@ -133,13 +133,8 @@ def verdict_table(per_seed: dict) -> str:
         change = paired_difference(values(variant), values(base))
         if change is None:
             continue
-        text = f"{100 * change['mean']:+.1f} ± {100 * change['sd']:.1f}"
-        per = " / ".join(f"{100 * d:+.1f}" for d in change["differences"])
-        direction = "raises" if change["mean"] > 0 else "lowers"
-        verdict = (f"{'yes' if change['mean'] > 0 else 'no'}: {direction} it beyond the spread"
-                   if change["beyond_spread"] else "within the spread")
-        lines.append(f"| {NAMES[variant]} | {NAMES[base]} | {claim} | "
-                     f"{f'**{text}**' if change['beyond_spread'] else text} ({per}) | {verdict} |")
+        lines.append(f"| {NAMES[variant]} | {NAMES[base]} | {claim} | {difference_text(change)} | "
+                     f"{verdict_text(change)} |")
     if not lines:
         return ""
     return "\n".join(["| segmenter | against | the paper's claim | val mIoU change | in the paper's direction? |",

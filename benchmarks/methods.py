@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from stages.registry import CAM_METHODS  # noqa: E402
 from readme_table import write_readme_table  # noqa: E402  (benchmarks/, the script's folder)
-from seed_stats import paired_difference  # noqa: E402
+from seed_stats import difference_text, paired_difference, verdict_text  # noqa: E402
 
 WSSS = str(ROOT / ".venv" / "bin" / "wsss")
 DEFAULT_REGIME = "resnet10-scratch"
@@ -284,9 +284,7 @@ def verdict_table(results: dict) -> str:
             change = paired_difference(per_seed(spec, raw_key if raw else key), per_seed(base, key))
             cells.append(difference_text(change))
             if title == "CAM" and change:
-                direction = "raises" if change["mean"] > 0 else "lowers"
-                verdict = (f"{'yes' if change['mean'] > 0 else 'no'}: {direction} it beyond the spread"
-                           if change["beyond_spread"] else "no: within the spread")
+                verdict = verdict_text(change)
         if verdict != "–":
             lines.append(f"| {method} | {base} | {claim} | " + " | ".join(cells) + f" | {verdict} |")
     if not lines:
@@ -294,14 +292,6 @@ def verdict_table(results: dict) -> str:
     header = ("| method | against | the paper's claim | " + " | ".join(f"{title} change" for title, *_ in VERDICT_MEASURES)
               + " | in the paper's direction? |")
     return "\n".join([header, "|---" * (len(VERDICT_MEASURES) + 4) + "|", *lines])
-
-
-def difference_text(change: dict | None) -> str:
-    if change is None:
-        return "–"
-    values = " / ".join(f"{100 * d:+.1f}" for d in change["differences"])
-    text = f"{100 * change['mean']:+.1f} ± {100 * change['sd']:.1f}"
-    return (f"**{text}**" if change["beyond_spread"] else text) + f" ({values})"
 
 
 def median_of(result: dict, key: str, spec: str) -> str:

@@ -33,3 +33,20 @@ def paired_difference(method: dict[int, float], base: dict[int, float]) -> dict 
         t = mean / (sd / math.sqrt(len(seeds)))
     return {"seeds": seeds, "differences": differences, "mean": mean, "sd": sd, "t": t,
             "beyond_spread": abs(t) > T_CRITICAL_5_PERCENT[len(seeds) - 1]}
+
+
+def difference_text(change: dict | None) -> str:
+    """A paired difference of shares in mIoU points: `+1.2 ± 0.3 (+1.0 / +1.5 / +1.1)`, bold when beyond the seed
+    spread; "–" for None."""
+    if change is None:
+        return "–"
+    values = " / ".join(f"{100 * d:+.1f}" for d in change["differences"])
+    text = f"{100 * change['mean']:+.1f} ± {100 * change['sd']:.1f}"
+    return (f"**{text}**" if change["beyond_spread"] else text) + f" ({values})"
+
+
+def verdict_text(change: dict) -> str:
+    """Whether a change the paper says raises a number does so: yes only when it rises beyond the seed spread."""
+    if not change["beyond_spread"]:
+        return "no: within the spread"
+    return "yes: raises it beyond the spread" if change["mean"] > 0 else "no: lowers it beyond the spread"

@@ -279,14 +279,11 @@ def verdict_table(results: dict) -> str:
     lines = []
     for method, base, claim in VERDICTS:
         spec, raw = method.removesuffix(" (raw CAMs)"), method.endswith(" (raw CAMs)")
-        cells, verdict = [], "–"
-        for title, key, raw_key in VERDICT_MEASURES:
-            change = paired_difference(per_seed(spec, raw_key if raw else key), per_seed(base, key))
-            cells.append(difference_text(change))
-            if title == "CAM" and change:
-                verdict = verdict_text(change)
-        if verdict != "–":
-            lines.append(f"| {method} | {base} | {claim} | " + " | ".join(cells) + f" | {verdict} |")
+        changes = [paired_difference(per_seed(spec, raw_key if raw else key), per_seed(base, key))
+                   for _, key, raw_key in VERDICT_MEASURES]
+        if changes[0] is not None:  # the CAMs, the first measure, carry the verdict
+            lines.append(f"| {method} | {base} | {claim} | " + " | ".join(map(difference_text, changes))
+                         + f" | {verdict_text(changes[0])} |")
     if not lines:
         return ""
     header = ("| method | against | the paper's claim | " + " | ".join(f"{title} change" for title, *_ in VERDICT_MEASURES)

@@ -51,6 +51,13 @@ COLUMNS = (("cams_train_miou", "CAM (train)"), ("cams-raw_train_miou", "raw CAM 
            ("pseudo-crf_train_miou_confident", "CRF pseudo masks: confident-pixel mIoU"),
            ("segment-pseudo-crf_val_miou", "segmenter (val)"),
            ("segment-pseudo-saliency+crf_val_miou", "segmenter on saliency + CRF masks (val)"))
+# README's Methods section shows this regime's results as a compact table: these columns, mean ± sd only, and the
+# verdicts on the CAMs alone (the full tables stay in benchmarks/README.md)
+README_REGIME = "lite0-imagenet-224"
+README_COLUMNS = (("cams_train_miou", "CAM (train)"),
+                  ("pseudo-crf_train_miou", "pseudo masks, CRF at IRN's thresholds (train)"),
+                  ("pseudo-crf-fitted_train_miou", "same, fg threshold fitted on train (train)"),
+                  ("segment-pseudo-crf_val_miou", "segmenter on the CRF masks (val)"))
 # (key, title, format) of the numbers given as the median over seeds
 MEDIAN_COLUMNS = (("train_cam_epoch_seconds", "train-cam s/epoch", ".1f"),
                   ("train_cam_peak_rss_mib", "train-cam peak MiB", ".0f"))
@@ -244,14 +251,17 @@ def write_tables(results: dict, suffix: str) -> None:
                  "`benchmarks/seed_stats.py`). The verdict is on the CAMs, what the papers claim.\n\n" + verdicts)
     print(text, file=sys.stderr)
     write_readme_table(f"methods{suffix}", text)
+    if suffix == f"-{README_REGIME}":
+        write_readme_table(f"methods-summary{suffix}", results_table(results, README_COLUMNS, per_seed_values=False)
+                           + "\n\n" + verdict_table(results, VERDICT_MEASURES[:1]))
 
 
-def results_table(results: dict) -> str:
-    """Markdown: each number (mIoU, coverage: %) as mean ± sample std over the seeds with the per-seed values in
-    brackets, and train-cam's seconds per epoch and peak memory (median over seeds). A column no method has a
-    number for is left out."""
+def results_table(results: dict, columns: tuple = COLUMNS, per_seed_values: bool = True) -> str:
+    """Markdown: each number of `columns` (mIoU, coverage: %) as mean ± sample std over the seeds, with the
+    per-seed values in brackets when `per_seed_values`, and train-cam's seconds per epoch and peak memory (median
+    over seeds). A column no method has a number for is left out."""
     results = {spec: result for spec, result in results.items() if "summary" in result}
-    columns = [(key, title) for key, title in COLUMNS if any(key in r["summary"] for r in results.values())]
+    columns = [(key, title) for key, title in columns if any(key in r["summary"] for r in results.values())]
     medians = [(key, title, spec) for key, title, spec in MEDIAN_COLUMNS
                if any(median_of(r, key, spec) != "–" for r in results.values())]
     header = ("| method | seeds | " + " | ".join([title for _, title in columns] + [title for _, title, _ in medians])
@@ -263,15 +273,17 @@ def results_table(results: dict) -> str:
         for key, _ in columns:
             s = summary.get(key)
             values = " / ".join(f"{100 * seed[key]:.1f}" for seed in result["seeds"] if seed.get(key) is not None)
+            brackets = f" ({values})" if per_seed_values else ""
             cells.append("–" if not s else f"{100 * s['mean']:.1f}" if s["n"] == 1
-                         else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({values})")
+                         else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}{brackets}")
         cells += [median_of(result, key, number_format) for key, _, number_format in medians]
         lines.append(f"| {spec} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def verdict_table(results: dict) -> str:
-    """Markdown: one row per VERDICTS entry whose method and base both have results (empty when none has)."""
+def verdict_table(results: dict, measures: tuple = VERDICT_MEASURES) -> str:
+    """Markdown: one row per VERDICTS entry whose method and base both have results (empty when none has), with the
+    paired difference of each of `measures`; the first, the CAMs, carries the verdict."""
     def per_seed(spec: str, key: str | None) -> dict[int, float]:
         seeds = results.get(spec, {}).get("seeds", [])
         return {s["seed"]: s[key] for s in seeds if key is not None and s.get(key) is not None}
@@ -280,15 +292,15 @@ def verdict_table(results: dict) -> str:
     for method, base, claim in VERDICTS:
         spec, raw = method.removesuffix(" (raw CAMs)"), method.endswith(" (raw CAMs)")
         changes = [paired_difference(per_seed(spec, raw_key if raw else key), per_seed(base, key))
-                   for _, key, raw_key in VERDICT_MEASURES]
-        if changes[0] is not None:  # the CAMs, the first measure, carry the verdict
+                   for _, key, raw_key in measures]
+        if changes[0] is not None:
             lines.append(f"| {method} | {base} | {claim} | " + " | ".join(map(difference_text, changes))
                          + f" | {verdict_text(changes[0])} |")
     if not lines:
         return ""
-    header = ("| method | against | the paper's claim | " + " | ".join(f"{title} change" for title, *_ in VERDICT_MEASURES)
+    header = ("| method | against | the paper's claim | " + " | ".join(f"{title} change" for title, *_ in measures)
               + " | in the paper's direction? |")
-    return "\n".join([header, "|---" * (len(VERDICT_MEASURES) + 4) + "|", *lines])
+    return "\n".join([header, "|---" * (len(measures) + 4) + "|", *lines])
 
 
 def median_of(result: dict, key: str, spec: str) -> str:

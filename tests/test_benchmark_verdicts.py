@@ -1,4 +1,5 @@
-"""The methods benchmarks' verdicts: the paired t-test rule by hand, and the rows it puts in their tables."""
+"""The methods benchmarks' verdicts: the paired t-test rule by hand, and the rows it puts in their tables (the full
+ones of benchmarks/README.md and the compact one of README's Methods)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,31 @@ def test_methods_verdicts_compare_each_method_with_its_base_seed_by_seed():
     assert rows["seam (raw CAMs)"].endswith("| no: within the spread |")
     assert verdict_table({"baseline": results["baseline"]}) == ""
 
+
+
+def test_methods_readme_tables_keep_means_and_the_cam_verdict_only():
+    from methods import README_COLUMNS, VERDICT_MEASURES, results_table, verdict_table
+
+    def run(seed: int, cam: float) -> dict:
+        return {"seed": seed, "cams_train_miou": cam, "pseudo-crf_train_miou": cam - 0.1,
+                "cams-raw_train_miou": cam, "train_cam_epoch_seconds": 100.0 + seed}
+
+    def result(*cams: float) -> dict:
+        seeds = [run(seed, cam) for seed, cam in enumerate(cams)]
+        keys = ("cams_train_miou", "pseudo-crf_train_miou", "cams-raw_train_miou")
+        summary = {key: {"mean": sum(s[key] for s in seeds) / 3, "std": 0.01, "n": 3} for key in keys}
+        return {"seeds": seeds, "summary": summary}
+
+    results = {"baseline": result(0.55, 0.56, 0.54), "seam": result(0.50, 0.51, 0.50)}
+    table = results_table(results, README_COLUMNS, per_seed_values=False).splitlines()
+    # the raw-CAM column is not a README column, the columns nobody has (fitted masks, segmenter) are left out
+    assert table[0] == ("| method | seeds | CAM (train) | pseudo masks, CRF at IRN's thresholds (train) "
+                        "| train-cam s/epoch |")
+    assert table[2] == "| baseline | 0,1,2 | 55.0 ± 1.0 | 45.0 ± 1.0 | 101.0 |"  # no per-seed brackets
+    assert "(55.0 / 56.0 / 54.0)" in results_table(results)  # the full table keeps them
+    verdicts = verdict_table(results, VERDICT_MEASURES[:1]).splitlines()
+    assert verdicts[0] == "| method | against | the paper's claim | CAM change | in the paper's direction? |"
+    assert verdicts[2].endswith("| **-4.7 ± 0.6** (-5.0 / -5.0 / -4.0) | no: lowers it beyond the spread |")
 
 def test_memory_methods_verdicts_read_the_per_seed_results_as_stored():
     from memory_methods import verdict_table

@@ -1,5 +1,5 @@
 """The methods benchmarks' verdicts: the paired t-test rule by hand, and the rows it puts in their tables (the full
-ones of benchmarks/README.md and the compact one of README's Methods)."""
+ones of benchmarks/README.md and the compact one of README's Methods); and the stage hours their closing notes give."""
 
 from __future__ import annotations
 
@@ -83,3 +83,26 @@ def test_memory_methods_verdicts_read_the_per_seed_results_as_stored():
     assert len(lines) == 4  # header, rule, memory contrast on pseudo masks, MCIC; no ground-truth runs: no row
     assert "**+3.7 ± 0.6** (+4.0 / +4.0 / +3.0)" in lines[2] and "yes: raises it beyond the spread" in lines[2]
     assert "**-9.0 ± 1.0**" in lines[3] and lines[3].endswith("| no: lowers it beyond the spread |")
+
+
+def test_stage_hours_count_a_resumed_training_stages_earlier_epochs(tmp_path, capsys, monkeypatch):
+    import json
+
+    from stage_hours import main, run_seconds
+
+    run = tmp_path / "baseline-s0"
+    run.mkdir()
+    stages = {"infer-cam/train": {"seconds": 100.0},
+              # resumed after a cut: the last invocation ran 2 of the 3 epochs its history keeps
+              "train-cam": {"seconds": 250.0, "metrics": {"history": [{"seconds": 120.0}, {"seconds": 110.0},
+                                                                    {"seconds": 115.0}]}},
+              # a training stage whose invocation also validated and saved: more than its epochs
+              "segment/pseudo-crf": {"seconds": 400.0, "metrics": {"history": [{"seconds": 150.0}] * 2}}}
+    (run / "manifest.json").write_text(json.dumps({"stages": stages}))
+    assert run_seconds(run) == pytest.approx(100 + 345 + 400)
+    assert run_seconds(tmp_path / "no-such-run") is None
+    monkeypatch.setattr(sys, "argv", ["stage_hours.py", str(run), str(tmp_path / "no-such-run")])
+    main()
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{run}: 0.23 h", f"{tmp_path / 'no-such-run'}: no manifest.json, skipped",
+                   "total: 0.23 h of stage wall time"]

@@ -8,7 +8,8 @@ class maps as training does (`training_views`), and, on each view's grid, the ps
 background score, PPC's default 0.2) and each class's top-K prototype pixels. The truth of a grid cell is the ground-truth class
 covering most of it. Reported per view: cell accuracy, foreground precision (cells labelled a class that are that
 class) and recall (cells of a class labelled so), the share of cells labelled foreground against the true share,
-and the precision of the prototype pixels (top-K over each batch of 16, as in training).
+and the precision of the prototype pixels (top-K over each batch of 16, as in training) with the share of them
+that come from images labelled with their class (the maps they are ranked by are not label-masked).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def majority_labels(mask: torch.Tensor, size: tuple[int, int], num_classes: int)
 class Tally:
     def __init__(self):
         self.counts = {"cells": 0, "correct": 0, "fg_labelled": 0, "fg_labelled_right": 0, "fg_true": 0,
-                       "fg_true_found": 0, "prototype_pixels": 0, "prototype_pixels_right": 0}
+                       "fg_true_found": 0, "prototype_pixels": 0, "prototype_pixels_right": 0,
+                       "prototype_pixels_in_labelled_images": 0}
 
-    def add(self, predicted: torch.Tensor, truth: torch.Tensor, confidence: torch.Tensor, k: int) -> None:
+    def add(self, predicted: torch.Tensor, truth: torch.Tensor, confidence: torch.Tensor, k: int,
+            labels: torch.Tensor) -> None:
         c = self.counts
         c["cells"] += truth.numel()
         c["correct"] += int((predicted == truth).sum())
@@ -62,6 +65,9 @@ class Tally:
                 top = flat_confidence[:, cls].topk(k).indices
                 c["prototype_pixels"] += k
                 c["prototype_pixels_right"] += int((flat_truth[top] == cls).sum())
+                # the class maps are not label-masked (official): a pixel may come from an image without the class
+                image_of_pixel = top // (truth.shape[1] * truth.shape[2])
+                c["prototype_pixels_in_labelled_images"] += int(labels[image_of_pixel, cls - 1].sum())
 
     def summary(self) -> dict:
         c = self.counts
@@ -70,6 +76,8 @@ class Tally:
                 "fg_recall": c["fg_true_found"] / max(c["fg_true"], 1),
                 "fg_share_labelled": c["fg_labelled"] / c["cells"], "fg_share_true": c["fg_true"] / c["cells"],
                 "prototype_pixel_precision": c["prototype_pixels_right"] / max(c["prototype_pixels"], 1),
+                "prototype_pixels_in_labelled_images_share": (c["prototype_pixels_in_labelled_images"]
+                                                              / max(c["prototype_pixels"], 1)),
                 **c}
 
 
@@ -96,7 +104,7 @@ def score_run(run_dir: Path, images: int, options: PpcOptions) -> dict:
             k = max(1, round(options.top_k_fraction * size[0] * size[1]))
             predicted = class_scores(cams, labels, options.bg_threshold).argmax(dim=1)
             tallies[name].add(predicted, majority_labels(batch["mask"], size, dataset.num_classes),
-                              prototype_confidence(cams, labels), k)
+                              prototype_confidence(cams, labels), k, labels)
     method = payload["config"]["method"]
     if payload["config"].get("method_options", {}).get("transform", "rescale") != "rescale":
         raise SystemExit("only the rescale transform: the second view's truth is the crop's mask")

@@ -106,3 +106,20 @@ def test_stage_hours_count_a_resumed_training_stages_earlier_epochs(tmp_path, ca
     out = capsys.readouterr().out.splitlines()
     assert out == [f"{run}: 0.23 h", f"{tmp_path / 'no-such-run'}: no manifest.json, skipped",
                    "total: 0.23 h of stage wall time"]
+
+
+def test_ppc_diagnostic_counts_prototype_pixels_from_images_without_their_class():
+    import torch
+
+    from ppc_pseudo_labels import Tally
+
+    # two images of 1x2 cells, one class: image 0 shows it in its first cell, image 1 does not have it, yet its
+    # (not label-masked) map peaks at 1 as well, so the top 2 pixels are one from each image
+    truth = torch.tensor([[[1, 0]], [[0, 0]]])
+    confidence = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.2]]], [[[1.0, 1.0]], [[0.9, 0.1]]]])  # (N, C+1, h, w)
+    tally = Tally()
+    tally.add(truth.clone(), truth, confidence, k=2, labels=torch.tensor([[1.0], [0.0]]))
+    summary = tally.summary()
+    assert summary["prototype_pixel_precision"] == 0.5
+    assert summary["prototype_pixels_in_labelled_images_share"] == 0.5
+    assert summary["cell_accuracy"] == 1.0 and summary["fg_share_true"] == 0.25

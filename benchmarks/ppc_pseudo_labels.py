@@ -4,7 +4,8 @@ PPC works on, for trained CAM checkpoints. Results: `benchmarks/results/ppc_pseu
     python benchmarks/ppc_pseudo_labels.py RUN [RUN ...] [--images 512] [--bg-threshold 0.2]
 
 For each run's `cam/checkpoint.pt` it takes training crops (the stage's augmentation, seed 0), computes both views'
-class maps as training does (`training_views`), and, on each view's grid, the pseudo labels (PPC's argmax with the
+class maps as training does (`training_views`), and, on each view's grid and on the second view's grid for the first
+view (where PPC's contrast uses it, `first_aligned`), the pseudo labels (PPC's argmax with the
 background score, PPC's default 0.2) and each class's top-K prototype pixels. The truth of a grid cell is the ground-truth class
 covering most of it. Reported per view: cell accuracy, foreground precision (cells labelled a class that are that
 class) and recall (cells of a class labelled so), the share of cells labelled foreground against the true share,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -34,6 +36,9 @@ from stages.methods.ppc import PpcOptions, class_scores, prototype_confidence  #
 from stages.config import TrainCamConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ppc_pseudo_labels.json"
+# the maps scored: the first view on its own grid, the first view carried onto the second's grid (what PPC's
+# contrast uses for it, as the official code does), the second view
+VIEWS = ("first", "first_aligned", "second")
 
 
 def majority_labels(mask: torch.Tensor, size: tuple[int, int], num_classes: int) -> torch.Tensor:
@@ -93,15 +98,18 @@ def score_run(run_dir: Path, images: int, options: PpcOptions) -> dict:
     augment = Augment(config.base_size, config.crop_size, TrainCamConfig().scale_range)
     loader = DataLoader(SplitDataset(samples, dataset.num_classes, model.normalization, augment=augment, with_masks=True, seed=0), batch_size=16,
                         drop_last=True)
-    tallies = {"first": Tally(), "second": Tally()}
+    tallies = {name: Tally() for name in VIEWS}
     shapes = {}
     for batch in loader:
         labels = batch["labels"].float()
         views = model.training_views(batch["image"], labels)
-        for name, cams in (("first", views.first.cams), ("second", views.second.cams)):  # both show the crop
+        second_grid = tuple(views.second.cams.shape[-2:])
+        maps = {"first": views.first.cams, "first_aligned": views.align(views.first.cams, second_grid),
+                "second": views.second.cams}  # all show the crop
+        for name, cams in maps.items():
             size = tuple(cams.shape[-2:])
             shapes[name] = list(size)
-            k = max(1, round(options.top_k_fraction * size[0] * size[1]))
+            k = max(1, math.floor(options.top_k_fraction * size[0] * size[1]))  # as training: h*w // 8
             predicted = class_scores(cams, labels, options.bg_threshold).argmax(dim=1)
             tallies[name].add(predicted, majority_labels(batch["mask"], size, dataset.num_classes),
                               prototype_confidence(cams, labels), k, labels)
@@ -126,7 +134,7 @@ def main() -> None:
         result = score_run(run_dir, args.images, PpcOptions(bg_threshold=args.bg_threshold))
         results[f"{run_dir.name} bg {args.bg_threshold}"] = result
         print(json.dumps({k: result[k] for k in ("run", "grids")}), file=sys.stderr)
-        for view in ("first", "second"):
+        for view in VIEWS:
             print(view, {k: round(v, 3) for k, v in result[view].items() if isinstance(v, float)}, file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

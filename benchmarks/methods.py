@@ -62,13 +62,14 @@ README_COLUMNS = (("cams_train_miou", "CAM (train)"),
 MEDIAN_COLUMNS = (("train_cam_epoch_seconds", "train-cam s/epoch", ".1f"),
                   ("train_cam_peak_rss_mib", "train-cam peak MiB", ".0f"))
 STAGES = ("cam", "pseudo", "segment")
-# Each verdict: a method (spec; "(raw CAMs)" reads its raw-CAM numbers), the base it is compared with seed by seed,
-# and what its paper says the method does to the CAMs. The verdict is on the CAM mIoU; the other measures' paired
-# differences are shown beside it.
+# Each verdict: a method (spec; "(raw CAMs)" reads its raw-CAM numbers), the base it is compared with seed by seed
+# (spelled the same way), and what its paper says the method does to the CAMs. The verdict is on the CAM mIoU; the
+# other measures' paired differences are shown beside it.
 VERDICTS = (("seam", "baseline", "SEAM raises CAM mIoU over its base"),
             ("seam (raw CAMs)", "baseline", "SEAM's equivariance training raises the raw CAMs too"),
             ("baseline:--aux=ppc", "baseline", "PPC raises CAM mIoU over its base"),
             ("seam:--aux=ppc", "seam", "PPC raises CAM mIoU over its base"),
+            ("seam:--aux=ppc (raw CAMs)", "seam (raw CAMs)", "PPC raises SEAM's raw CAMs too"),
             ("l2g", "baseline", "L2G raises CAM mIoU over its base"),
             ("l2g:shape_transfer=false", "baseline", "local-to-global transfer alone raises CAM mIoU"),
             ("l2g", "l2g:shape_transfer=false", "shape transfer raises CAM mIoU further"))
@@ -289,9 +290,12 @@ def verdict_table(results: dict, measures: tuple = VERDICT_MEASURES) -> str:
         return {s["seed"]: s[key] for s in seeds if key is not None and s.get(key) is not None}
 
     lines = []
+    def numbers(name: str, key: str, raw_key: str | None) -> dict[int, float]:
+        raw = name.endswith(" (raw CAMs)")
+        return per_seed(name.removesuffix(" (raw CAMs)"), raw_key if raw else key)
+
     for method, base, claim in VERDICTS:
-        spec, raw = method.removesuffix(" (raw CAMs)"), method.endswith(" (raw CAMs)")
-        changes = [paired_difference(per_seed(spec, raw_key if raw else key), per_seed(base, key))
+        changes = [paired_difference(numbers(method, key, raw_key), numbers(base, key, raw_key))
                    for _, key, raw_key in measures]
         if changes[0] is not None:
             lines.append(f"| {method} | {base} | {claim} | " + " | ".join(map(difference_text, changes))

@@ -46,6 +46,12 @@ def test_methods_verdicts_compare_each_method_with_its_base_seed_by_seed():
     assert "+0.3 ± 0.3 (+0.5 / +0.5 / +0.0)" in rows["seam (raw CAMs)"]
     assert rows["seam (raw CAMs)"].endswith("| no: within the spread |")
     assert verdict_table({"baseline": results["baseline"]}) == ""
+    # a raw-CAM base reads the base's raw CAMs: SEAM + PPC's raw CAMs against SEAM's raw ones (0.555, 0.565, 0.54),
+    # not its PCM-refined ones (0.50, 0.51, 0.50)
+    results["seam:--aux=ppc"] = {"seeds": [run(0, 0.60, raw=0.575), run(1, 0.60, raw=0.585), run(2, 0.60, raw=0.57)]}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in verdict_table(results).splitlines()[2:]}
+    assert rows["seam:--aux=ppc (raw CAMs)"].startswith(
+        "| seam:--aux=ppc (raw CAMs) | seam (raw CAMs) | PPC raises SEAM's raw CAMs too | **+2.3 ± 0.6** (+2.0 / +2.0 / +3.0) |")
 
 
 

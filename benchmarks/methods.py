@@ -285,17 +285,15 @@ def results_table(results: dict, columns: tuple = COLUMNS, per_seed_values: bool
 def verdict_table(results: dict, measures: tuple = VERDICT_MEASURES) -> str:
     """Markdown: one row per VERDICTS entry whose method and base both have results (empty when none has), with the
     paired difference of each of `measures`; the first, the CAMs, carries the verdict."""
-    def per_seed(spec: str, key: str | None) -> dict[int, float]:
-        seeds = results.get(spec, {}).get("seeds", [])
+    def per_seed(name: str, key: str, raw_key: str | None) -> dict[int, float]:
+        """A method's number per seed; spelled "SPEC (raw CAMs)", its raw CAMs' number."""
+        key = raw_key if name.endswith(" (raw CAMs)") else key
+        seeds = results.get(name.removesuffix(" (raw CAMs)"), {}).get("seeds", [])
         return {s["seed"]: s[key] for s in seeds if key is not None and s.get(key) is not None}
 
     lines = []
-    def numbers(name: str, key: str, raw_key: str | None) -> dict[int, float]:
-        raw = name.endswith(" (raw CAMs)")
-        return per_seed(name.removesuffix(" (raw CAMs)"), raw_key if raw else key)
-
     for method, base, claim in VERDICTS:
-        changes = [paired_difference(numbers(method, key, raw_key), numbers(base, key, raw_key))
+        changes = [paired_difference(per_seed(method, key, raw_key), per_seed(base, key, raw_key))
                    for _, key, raw_key in measures]
         if changes[0] is not None:
             lines.append(f"| {method} | {base} | {claim} | " + " | ".join(map(difference_text, changes))

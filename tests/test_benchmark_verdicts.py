@@ -54,7 +54,6 @@ def test_methods_verdicts_compare_each_method_with_its_base_seed_by_seed():
         "| seam:--aux=ppc (raw CAMs) | seam (raw CAMs) | PPC raises SEAM's raw CAMs too | **+2.3 ± 0.6** (+2.0 / +2.0 / +3.0) |")
 
 
-
 def test_methods_readme_tables_keep_means_and_the_cam_verdict_only():
     from methods import README_COLUMNS, VERDICT_MEASURES, results_table, verdict_table
 

@@ -14,11 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def stage_seconds(entry: dict) -> float:
-    """One manifest entry's seconds, counting a resumed training stage's earlier epochs."""
-    history = entry.get("metrics", {}).get("history", [])
-    return max(entry.get("seconds", 0.0), sum(epoch.get("seconds", 0.0) for epoch in history))
+from stages.core.history import stage_seconds
 
 
 def run_seconds(run: Path) -> float | None:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from .config import SegmentConfig
 from .core.errors import UserError
+from .core.history import stage_seconds
 from .core.io import read_json
 from .core.runs import Run
 
@@ -72,7 +73,7 @@ def headline(run: Run) -> dict:
     full = results.get(run.evaluation_target("segment/gt", "val")[1])
     if weak and full and full["miou"]:
         numbers["weak_over_full"] = weak["miou"] / full["miou"]
-    numbers["seconds"] = {key: entry["seconds"] for key, entry in stages.items()}
+    numbers["seconds"] = {key: round(stage_seconds(entry), 2) for key, entry in stages.items()}
     numbers["total_seconds"] = round(sum(numbers["seconds"].values()), 1)
     return numbers
 

@@ -9,7 +9,7 @@ from stages.core.camstore import CamReader, CamWriter
 from stages.core.checkpoint import load_checkpoint, load_state, save_checkpoint
 from stages.core.errors import UserError
 from stages.core.io import atomic_path, load_image, load_mask, save_mask, write_json, read_json
-from stages.core.history import loss_terms, timing_metrics
+from stages.core.history import loss_terms, stage_seconds, timing_metrics
 from stages.core.runs import Run, Stage
 from stages.data.index import DatasetIndex, Sample, check_sample_id
 from PIL import Image
@@ -208,3 +208,11 @@ def test_an_epochs_timings_are_not_loss_terms_and_the_data_wait_share_is_over_al
     assert timing_metrics(history) == {"epoch_seconds": 20.0, "data_wait_share": 0.05}  # 2 s of 40
     # a training state saved before the wait was recorded counts its epochs as not waiting
     assert timing_metrics([{"cls": 1.0, "seconds": 4.0}]) == {"epoch_seconds": 4.0, "data_wait_share": 0.0}
+
+
+def test_a_resumed_training_stage_counts_the_epochs_of_its_earlier_invocations():
+    resumed = {"seconds": 250.0, "metrics": {"history": [{"seconds": 120.0}, {"seconds": 110.0}, {"seconds": 115.0}]}}
+    assert stage_seconds(resumed) == 345.0
+    # an uninterrupted stage also validated and saved: its own clock is longer than its epochs
+    assert stage_seconds({"seconds": 400.0, "metrics": {"history": [{"seconds": 150.0}] * 2}}) == 400.0
+    assert stage_seconds({"seconds": 100.0, "metrics": {"miou": 0.5}}) == 100.0  # not a training stage

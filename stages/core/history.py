@@ -18,6 +18,13 @@ def timing_metrics(history: list[dict[str, float]]) -> dict[str, float]:
             "data_wait_share": round(sum(epoch.get("data_seconds", 0.0) for epoch in history) / seconds, 4)}
 
 
+def stage_seconds(entry: dict) -> float:
+    """A manifest entry's wall seconds. Its `seconds` covers only the stage's last invocation; a training stage
+    resumed after a cut keeps its earlier epochs in its history, so the larger of the two counts."""
+    history = entry.get("metrics", {}).get("history", [])
+    return max(entry.get("seconds", 0.0), sum(epoch.get("seconds", 0.0) for epoch in history))
+
+
 def epoch_history(history: list[dict[str, float]]) -> list[dict[str, float]]:
     """The per-epoch metrics for the stage's manifest entry (the report plots them from there, without loading the
     checkpoint), rounded to keep the manifest small."""

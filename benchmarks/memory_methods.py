@@ -87,6 +87,8 @@ def collect(run: Path) -> dict:
         if evaluation.exists():
             numbers[f"{variant}_val_miou"] = json.loads(evaluation.read_text())["miou"]
             numbers[f"{variant}_epoch_seconds"] = stages[f"segment/{tag}"]["metrics"]["epoch_seconds"]
+            if stages[f"segment/{tag}"].get("peak_rss_mib") is not None:
+                numbers[f"{variant}_peak_rss_mib"] = stages[f"segment/{tag}"]["peak_rss_mib"]
     seeds = run / "eval" / "pseudo-mcic_train.json"
     if seeds.exists():
         numbers["mcic_seeds_train_miou"] = json.loads(seeds.read_text())["miou"]
@@ -112,10 +114,10 @@ def table(summary: dict) -> str:
             return "–"
         entry = summary[key]
         return f"{entry['mean'] * scale:.{digits}f} ± {entry['std'] * scale:.{digits}f} (n={entry['n']})"
-    lines = ["| segmenter | val mIoU % | s / epoch |", "|---|---|---|"]
+    lines = ["| segmenter | val mIoU % | s / epoch | peak MiB |", "|---|---|---|---|"]
     for variant in VARIANTS:
         lines.append(f"| {NAMES[variant]} | {cell(f'{variant}_val_miou')} | "
-                     f"{cell(f'{variant}_epoch_seconds', 1.0)} |")
+                     f"{cell(f'{variant}_epoch_seconds', 1.0)} | {cell(f'{variant}_peak_rss_mib', 1.0, 0)} |")
     lines.append(f"\nMCIC's seeds on train: mIoU {cell('mcic_seeds_train_miou')} %, ignored "
                  f"{cell('mcic_seeds_ignored_fraction')} % (CRF pseudo masks: {cell('pseudo_crf_train_miou')} %).")
     return "\n".join(lines)

@@ -90,6 +90,18 @@ def test_memory_methods_verdicts_read_the_per_seed_results_as_stored():
     assert "**-9.0 ± 1.0**" in lines[3] and lines[3].endswith("| no: lowers it beyond the spread |")
 
 
+def test_memory_methods_table_gives_each_segmenters_time_and_peak_memory():
+    from memory_methods import summarise, table
+
+    per_seed = [{"pseudo-crf_val_miou": 0.30, "pseudo-crf_epoch_seconds": 10.0, "pseudo-crf_peak_rss_mib": 1000.0},
+                {"pseudo-crf_val_miou": 0.32, "pseudo-crf_epoch_seconds": 12.0, "pseudo-crf_peak_rss_mib": 1200.0}]
+    lines = table(summarise(per_seed)).splitlines()
+    assert lines[0] == "| segmenter | val mIoU % | s / epoch | peak MiB |"
+    assert lines[2] == ("| segmenter on CRF pseudo masks | 31.0 ± 1.4 (n=2) | 11.0 ± 1.4 (n=2) | "
+                        "1100 ± 141 (n=2) |")
+    assert lines[3] == "| same + memory contrast | – | – | – |"  # not measured: a dash, not a zero
+
+
 def test_stage_hours_count_a_resumed_training_stages_earlier_epochs(tmp_path, capsys, monkeypatch):
     import json
 

@@ -4,11 +4,13 @@ pixel contrast (`segment --contrast memory`) on the same pseudo masks and on gro
 Results: `benchmarks/results/memory_methods.json` and the table in benchmarks/README.md `bench:memory-methods`.
 
     python benchmarks/memory_methods.py --seeds 0,1,2 [--variants pseudo-crf-memory,mcic,...]
-        [--contrast-option pixel_memory=1000 ...] [--regime lite0-imagenet-224]
+        [--contrast-option pixel_memory=1000 ...] [--regime lite0-imagenet-224] [--method seam:--aux=ppc]
 
 Each seed works in the methods benchmark's `runs/methods/baseline-s<seed>/` (run `benchmarks/methods.py
 --methods baseline --seeds ...` first): its CRF pseudo masks and its segmenter on them (`segment/pseudo-crf`,
-same code path, same seed) are the two-stage pipeline this compares with. MCIC reads the shared dataset's
+same code path, same seed) are the two-stage pipeline this compares with. `--method` works in another method's
+runs instead (its CRF pseudo masks, when they beat the baseline's), writing `...-on-<its run name>` files and
+markers. MCIC reads the shared dataset's
 built-in saliency maps (`runs/methods/saliency/saliency`, made by `methods.py --saliency`). Finished stages are
 not re-run, so the script can be resumed. `--regime` (one of benchmarks/regimes.py's) works in that regime's
 methods runs (`runs/methods-<regime>/`, from `methods.py --regime`), adds its segment options, and writes
@@ -144,6 +146,7 @@ def verdict_table(per_seed: dict) -> str:
 
 
 def main() -> None:
+    from methods import run_folder, run_name
     from regimes import REGIMES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,11 +156,15 @@ def main() -> None:
                         help="KEY=VALUE passed to --contrast-option of the memory-contrast variants")
     parser.add_argument("--regime", choices=list(REGIMES), default=DEFAULT_REGIME,
                         help="benchmarks/regimes.py's regime: its methods runs and segment options")
+    parser.add_argument("--method", default="baseline",
+                        help="the methods benchmark's variant (as spelled there) whose runs and CRF pseudo masks to "
+                             "train in; another than baseline adds -on-<its run name> to the results file and markers")
     parser.add_argument("--table", action="store_true",
                         help="run nothing: write the table and the verdicts from the results file")
     args = parser.parse_args()
-    suffix = "" if args.regime == DEFAULT_REGIME else f"-{args.regime}"
-    runs = ROOT / "runs" / f"methods{suffix}"
+    regime_suffix = "" if args.regime == DEFAULT_REGIME else f"-{args.regime}"
+    runs = ROOT / "runs" / f"methods{regime_suffix}"
+    suffix = regime_suffix + ("" if args.method == "baseline" else f"-on-{run_name(args.method)}")
     results_path = ROOT / "benchmarks" / "results" / f"memory_methods{suffix}.json"
     if args.table:
         results = json.loads(results_path.read_text())
@@ -171,15 +178,16 @@ def main() -> None:
         parser.error(f"unknown variants {unknown} (choose from {', '.join(VARIANTS)})")
     for variant in variants:  # variant-major: each comparison gets all its seeds before the next one starts
         for seed in seeds:
-            run = runs / f"baseline-s{seed}"
+            run = run_folder(runs, args.method, seed)
             if not (run / "pseudo" / "crf").is_dir():
-                sys.exit(f"{run} has no CRF pseudo masks: run benchmarks/methods.py --methods baseline"
-                         f"{' --regime ' + args.regime if suffix else ''} first")
+                sys.exit(f"{run} has no CRF pseudo masks: run benchmarks/methods.py --methods {args.method}"
+                         f"{' --regime ' + args.regime if regime_suffix else ''} first")
             run_variant(run, variant, seed, args.contrast_option, segment_options)
-    per_seed = {seed: collect(runs / f"baseline-s{seed}") for seed in seeds}
+    per_seed = {seed: collect(run_folder(runs, args.method, seed)) for seed in seeds}
     summary = summarise(list(per_seed.values()))
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps({"regime": args.regime, "seeds": seeds, "contrast_options": args.contrast_option,
+    results_path.write_text(json.dumps({"regime": args.regime, "method": args.method, "seeds": seeds,
+                                        "contrast_options": args.contrast_option,
                                         "per_seed": per_seed, "summary": summary}, indent=2) + "\n")
     write_tables(summary, per_seed, suffix)
 

@@ -232,7 +232,7 @@ def main() -> None:
         options = [option for option in option_text.split(";") if option]
         per_seed = []
         for seed in seeds:
-            run = runs / f"{spec.replace(':', '_').replace(';', '_').replace('=', '-')}-s{seed}"
+            run = run_folder(runs, spec, seed)
             run_pipeline(run, method, options, seed, runs / "synth", args.stop_after, args.raw_cams,
                          args.fitted_thresholds, saliency, refine_sets, args.segment_on, args.regime)
             per_seed.append({"seed": seed, **collect(run)})
@@ -241,6 +241,16 @@ def main() -> None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     write_tables(results, suffix)
+
+
+def run_name(spec: str) -> str:
+    """A method variant spelled as a folder name: `seam:--aux=ppc` → `seam_--aux-ppc`."""
+    return spec.replace(':', '_').replace(';', '_').replace('=', '-')
+
+
+def run_folder(runs: Path, spec: str, seed: int) -> Path:
+    """Where a method variant's run with one seed lives: `seam:--aux=ppc`, seed 1 → `runs/seam_--aux-ppc-s1`."""
+    return runs / f"{run_name(spec)}-s{seed}"
 
 
 def write_tables(results: dict, suffix: str) -> None:

@@ -8,11 +8,10 @@ Results: `benchmarks/results/memory_methods.json` and the table in benchmarks/RE
 
 Each seed works in the methods benchmark's `runs/methods/baseline-s<seed>/` (run `benchmarks/methods.py
 --methods baseline --seeds ...` first): its CRF pseudo masks and its segmenter on them (`segment/pseudo-crf`,
-same code path, same seed) are the two-stage pipeline this compares with. `--method` works in another method's
-runs instead (its CRF pseudo masks, when they beat the baseline's), writing `...-on-<its run name>` files and
-markers. MCIC reads the shared dataset's
-built-in saliency maps (`runs/methods/saliency/saliency`, made by `methods.py --saliency`). Finished stages are
-not re-run, so the script can be resumed. `--regime` (one of benchmarks/regimes.py's) works in that regime's
+same code path, same seed) are the two-stage pipeline this compares with; `--method` works in another method's
+runs instead (its CRF pseudo masks, when they beat the baseline's) and adds `-on-<its run name>` to the results
+file and markers. MCIC reads the shared dataset's built-in saliency maps (`runs/methods/saliency/saliency`, made
+by `methods.py --saliency`). Finished stages are not re-run, so the script can be resumed. `--regime` (one of benchmarks/regimes.py's) works in that regime's
 methods runs (`runs/methods-<regime>/`, from `methods.py --regime`), adds its segment options, and writes
 `memory_methods-<regime>.json` and the markers `bench:memory-methods-<regime>`. Under the table, each variant of
 VERDICTS against the one it changes, seed by seed (`seed_stats.py`'s paired t-test); `--table` writes both from the

@@ -11,8 +11,9 @@ Each seed works in the methods benchmark's `runs/methods/baseline-s<seed>/` (run
 same code path, same seed) are the two-stage pipeline this compares with; `--method` works in another method's
 runs instead (its CRF pseudo masks, when they beat the baseline's) and adds `-on-<its run name>` to the results
 file and markers. MCIC reads the shared dataset's built-in saliency maps (`runs/methods/saliency/saliency`, made
-by `methods.py --saliency`). Finished stages are not re-run, so the script can be resumed. `--regime` (one of benchmarks/regimes.py's) works in that regime's
-methods runs (`runs/methods-<regime>/`, from `methods.py --regime`), adds its segment options, and writes
+by `methods.py --saliency`). Finished stages are not re-run, so the script can be resumed. `--regime` (one of
+benchmarks/regimes.py's) works in that regime's methods runs (`runs/methods-<regime>/`, from `methods.py
+--regime`), adds its segment options, and writes
 `memory_methods-<regime>.json` and the markers `bench:memory-methods-<regime>`. Under the table, each variant of
 VERDICTS against the one it changes, seed by seed (`seed_stats.py`'s paired t-test); `--table` writes both from the
 results file without running anything.
@@ -87,9 +88,10 @@ def collect(run: Path) -> dict:
         evaluation = run / "eval" / f"segment-{tag}_val.json"
         if evaluation.exists():
             numbers[f"{variant}_val_miou"] = json.loads(evaluation.read_text())["miou"]
-            numbers[f"{variant}_epoch_seconds"] = stages[f"segment/{tag}"]["metrics"]["epoch_seconds"]
-            if stages[f"segment/{tag}"].get("peak_rss_mib") is not None:
-                numbers[f"{variant}_peak_rss_mib"] = stages[f"segment/{tag}"]["peak_rss_mib"]
+            segment = stages[f"segment/{tag}"]
+            numbers[f"{variant}_epoch_seconds"] = segment["metrics"]["epoch_seconds"]
+            if segment.get("peak_rss_mib") is not None:
+                numbers[f"{variant}_peak_rss_mib"] = segment["peak_rss_mib"]
     seeds = run / "eval" / "pseudo-mcic_train.json"
     if seeds.exists():
         numbers["mcic_seeds_train_miou"] = json.loads(seeds.read_text())["miou"]

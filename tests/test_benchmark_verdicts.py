@@ -102,6 +102,21 @@ def test_memory_methods_table_gives_each_segmenters_time_and_peak_memory():
     assert lines[3] == "| same + memory contrast | – | – | – |"  # not measured: a dash, not a zero
 
 
+def test_memory_methods_collect_each_segmenters_score_time_and_peak_memory_from_its_run(tmp_path):
+    import json
+
+    from memory_methods import collect
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "segment-pseudo-crf_val.json").write_text(json.dumps({"miou": 0.3}))
+    (tmp_path / "eval" / "segment-gt_val.json").write_text(json.dumps({"miou": 0.6}))
+    stages = {"segment/pseudo-crf": {"metrics": {"epoch_seconds": 12.0}, "peak_rss_mib": 900.0},
+              "segment/gt": {"metrics": {"epoch_seconds": 11.0}}}  # recorded before peak memory was
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": stages}))
+    assert collect(tmp_path) == {"pseudo-crf_val_miou": 0.3, "pseudo-crf_epoch_seconds": 12.0,
+                                 "pseudo-crf_peak_rss_mib": 900.0, "gt_val_miou": 0.6, "gt_epoch_seconds": 11.0}
+
+
 def test_stage_hours_count_a_resumed_training_stages_earlier_epochs(tmp_path, capsys, monkeypatch):
     import json
 

@@ -5,12 +5,13 @@ PPC works on, for trained CAM checkpoints. Results: `benchmarks/results/ppc_pseu
 
 For each run's `cam/checkpoint.pt` it takes training crops (the stage's augmentation, seed 0), computes both views'
 class maps as training does (`training_views`), and, on each view's grid and on the second view's grid for the first
-view (where PPC's contrast uses it, `first_aligned`), the pseudo labels (PPC's argmax with the
-background score, PPC's default 0.2) and each class's top-K prototype pixels. The truth of a grid cell is the ground-truth class
-covering most of it. Reported per view: cell accuracy, foreground precision (cells labelled a class that are that
-class) and recall (cells of a class labelled so), the share of cells labelled foreground against the true share,
-and the precision of the prototype pixels (top-K over each batch of 16, as in training) with the share of them
-that come from images labelled with their class (the maps they are ranked by are not label-masked).
+view (where PPC's contrast uses it, `first_aligned`), the pseudo labels (PPC's argmax with the background score,
+PPC's default 0.2) and each class's top-K prototype pixels. The truth of a grid cell is the ground-truth label
+covering most of its labelled pixels (cells without any are left out). Reported per view: cell accuracy, foreground
+precision (cells labelled a class that are that class) and recall (cells of a class labelled so), the share of cells
+labelled foreground against the true share, and the precision of the prototype pixels (top-K over each batch of 16,
+as in training) with the share of them that come from images labelled with their class (the maps they are ranked by
+are not label-masked).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.checkpoint import load_checkpoint  # noqa: E402
+from stages.core.io import IGNORE_INDEX  # noqa: E402
 from stages.core.runs import Run  # noqa: E402
 from stages.data.loading import Augment, SplitDataset  # noqa: E402
 from stages.methods import cam_model_from_checkpoint  # noqa: E402
@@ -42,9 +44,31 @@ VIEWS = ("first", "first_aligned", "second")
 
 
 def majority_labels(mask: torch.Tensor, size: tuple[int, int], num_classes: int) -> torch.Tensor:
-    """(N, H, W) mask with 255 = ignore → (N, h, w): the class covering most of each cell (area shares)."""
-    one_hot = F.one_hot(mask.clamp(max=num_classes), num_classes + 1).permute(0, 3, 1, 2).float()[:, :num_classes]
-    return F.adaptive_avg_pool2d(one_hot, size).argmax(dim=1)
+    """(N, H, W) mask of labels 0..num_classes (background and the foreground classes), 255 = ignore → (N, h, w):
+    the label covering most of each cell's labelled pixels (area shares), 255 where a cell has none."""
+    labelled = mask != IGNORE_INDEX
+    one_hot = F.one_hot(torch.where(labelled, mask, 0), num_classes + 1).permute(0, 3, 1, 2).float()
+    shares = F.adaptive_avg_pool2d(one_hot * labelled[:, None], size)
+    return torch.where(shares.sum(dim=1) > 0, shares.argmax(dim=1), IGNORE_INDEX)
+
+
+def cell_counts(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, int]:
+    """Counts of grid cells labelled `predicted` (0 = background) against `truth`, cells with truth 255 left out,
+    for `cell_summary`."""
+    keep = truth != IGNORE_INDEX
+    predicted, truth = predicted[keep], truth[keep]
+    return {"cells": truth.numel(), "correct": int((predicted == truth).sum()),
+            "fg_labelled": int((predicted > 0).sum()),
+            "fg_labelled_right": int(((predicted > 0) & (predicted == truth)).sum()),
+            "fg_true": int((truth > 0).sum()), "fg_true_found": int(((truth > 0) & (predicted == truth)).sum())}
+
+
+def cell_summary(c: dict[str, int]) -> dict:
+    """Cell accuracy, foreground precision and recall, and the shares of cells labelled and truly foreground."""
+    return {"cell_accuracy": c["correct"] / c["cells"],
+            "fg_precision": c["fg_labelled_right"] / max(c["fg_labelled"], 1),
+            "fg_recall": c["fg_true_found"] / max(c["fg_true"], 1),
+            "fg_share_labelled": c["fg_labelled"] / c["cells"], "fg_share_true": c["fg_true"] / c["cells"]}
 
 
 class Tally:
@@ -56,12 +80,8 @@ class Tally:
     def add(self, predicted: torch.Tensor, truth: torch.Tensor, confidence: torch.Tensor, k: int,
             labels: torch.Tensor) -> None:
         c = self.counts
-        c["cells"] += truth.numel()
-        c["correct"] += int((predicted == truth).sum())
-        c["fg_labelled"] += int((predicted > 0).sum())
-        c["fg_labelled_right"] += int(((predicted > 0) & (predicted == truth)).sum())
-        c["fg_true"] += int((truth > 0).sum())
-        c["fg_true_found"] += int(((truth > 0) & (predicted == truth)).sum())
+        for key, value in cell_counts(predicted, truth).items():
+            c[key] += value
         flat_truth = truth.flatten()
         flat_confidence = confidence.permute(0, 2, 3, 1).flatten(0, 2)  # (M, C+1)
         present = set(flat_truth.unique().tolist())
@@ -76,10 +96,7 @@ class Tally:
 
     def summary(self) -> dict:
         c = self.counts
-        return {"cell_accuracy": c["correct"] / c["cells"],
-                "fg_precision": c["fg_labelled_right"] / max(c["fg_labelled"], 1),
-                "fg_recall": c["fg_true_found"] / max(c["fg_true"], 1),
-                "fg_share_labelled": c["fg_labelled"] / c["cells"], "fg_share_true": c["fg_true"] / c["cells"],
+        return {**cell_summary(c),
                 "prototype_pixel_precision": c["prototype_pixels_right"] / max(c["prototype_pixels"], 1),
                 "prototype_pixels_in_labelled_images_share": (c["prototype_pixels_in_labelled_images"]
                                                               / max(c["prototype_pixels"], 1)),

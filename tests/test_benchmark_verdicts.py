@@ -155,3 +155,25 @@ def test_ppc_diagnostic_counts_prototype_pixels_from_images_without_their_class(
     assert summary["prototype_pixel_precision"] == 0.5
     assert summary["prototype_pixels_in_labelled_images_share"] == 0.5
     assert summary["cell_accuracy"] == 1.0 and summary["fg_share_true"] == 0.25
+
+
+def test_diagnostic_grid_truth_keeps_the_last_class_and_leaves_unlabelled_cells_out():
+    import torch
+
+    from ppc_pseudo_labels import cell_counts, majority_labels
+
+    # 8 foreground classes: a 4x4 mask of class 8 with a 2x2 corner of class 3 and a 2x2 corner left unlabelled
+    mask = torch.full((1, 4, 4), 8)
+    mask[0, :2, :2] = 3
+    mask[0, 2:, 2:] = 255
+    mask[0, 3, 3] = 8  # a cell's labelled pixels decide, however few: this cell is class 8
+    mask[0, 2, 2:] = 255
+    truth = majority_labels(mask, (2, 2), num_classes=8)
+    assert truth.tolist() == [[[3, 8], [8, 8]]]
+    mask[0, 3, 3] = 255
+    truth = majority_labels(mask, (2, 2), num_classes=8)
+    assert truth.tolist() == [[[3, 8], [8, 255]]]
+    counts = cell_counts(torch.tensor([[[3, 0], [8, 8]]]), truth)
+    assert counts == {"cells": 3, "correct": 2, "fg_labelled": 2, "fg_labelled_right": 2, "fg_true": 3,
+                      "fg_true_found": 2}
+

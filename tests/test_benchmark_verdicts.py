@@ -177,3 +177,16 @@ def test_diagnostic_grid_truth_keeps_the_last_class_and_leaves_unlabelled_cells_
     assert counts == {"cells": 3, "correct": 2, "fg_labelled": 2, "fg_labelled_right": 2, "fg_true": 3,
                       "fg_true_found": 2}
 
+
+def test_l2g_diagnostic_reads_scores_as_cams_are_read():
+    import torch
+
+    from l2g_transfer import labels_at_threshold, normalised_cams
+
+    cams = torch.tensor([[[[2.0, 1.0, -1.0]], [[0.0, 1.5, 4.0]]]])  # (1, 2 classes, 1, 3)
+    scores = normalised_cams(cams, torch.tensor([[1.0, 0.0]]))  # class 2 is not in the image
+    assert torch.allclose(scores[0, 0, 0], torch.tensor([2 / (2 + 1e-5), 1 / (2 + 1e-5), 0.0]))
+    assert scores[0, 1].abs().sum() == 0
+    # background wins ties with the threshold, as the CAM evaluation's argmax
+    assert labels_at_threshold(torch.tensor([[[[0.5, 0.7, 0.2]], [[0.6, 0.5, 0.1]]]]), 0.5).tolist() == [[[2, 1, 0]]]
+    assert labels_at_threshold(torch.tensor([[[[0.5]]]]), 0.5).tolist() == [[[0]]]

@@ -6,9 +6,9 @@ crops, for trained L2G checkpoints. Results: `benchmarks/results/l2g_transfer.js
 
 For each run's `cam/checkpoint.pt` it takes training crops (the stage's augmentation, seed 0, batches of 16), places
 the views as training does (`local_view_boxes`, the run's layout, torch seed 0) and, on each view's local-map grid,
-compares with the truth (the ground-truth class covering most of a cell) four labellings of the cells. Three read
-class scores in [0, 1] as CAMs are read: background where no class of the image reaches the run's best CAM
-threshold (`eval/cams_train.json`; 0.5 without it), else the strongest class:
+compares with the truth (`ppc_pseudo_labels.majority_labels`: the label covering most of a cell's labelled pixels)
+four labellings of the cells. Three read class scores in [0, 1] as CAMs are read: background where no class of the
+image reaches the run's best CAM threshold (`eval/cams_train.json`; 0.5 without it), else the strongest class:
   - `local_target`: the class channels of the local network's attention target (`attention_targets`: max-normalised,
     and zero except at each cell's winning channel, so a cell the background channel wins is background);
   - `shape_target`: the same after shape transfer (`shape_targets`, with the saliency the run trained on or
@@ -20,11 +20,10 @@ towards the target (under the mean squared error the winner of a one-hot target 
 Each gets cell accuracy, foreground precision and recall and the share of cells labelled foreground against the
 true share (`ppc_pseudo_labels.cell_summary`); the three score maps also get the cells' mIoU at their own best
 threshold (`best_miou`, `best_threshold`: the CAM evaluation's sweep, on the cells), a reading free of the run's
-threshold. L2G's claim is that the local views see more of each object: the local
-target's foreground recall above the global CAMs', at a precision that does not fall. `background_winner` is the
-share of cells the local target's background channel wins; no loss trains that channel.
-Runs of other methods (the baseline) get `global_cam` alone, their CAMs on the same views (L2G's default layout):
-what the local target has to beat.
+threshold. L2G's claim is that the local views see more of each object: the local target's foreground recall above
+the global CAMs', at a precision that does not fall. `background_winner` is the share of cells the local target's
+background channel wins; no loss trains that channel. Runs of other methods (the baseline) get `global_cam` alone,
+their CAMs on the same views (L2G's default layout): what the local target has to beat.
 """
 
 from __future__ import annotations

@@ -167,7 +167,6 @@ def test_diagnostic_grid_truth_keeps_the_last_class_and_leaves_unlabelled_cells_
     mask[0, :2, :2] = 3
     mask[0, 2:, 2:] = 255
     mask[0, 3, 3] = 8  # a cell's labelled pixels decide, however few: this cell is class 8
-    mask[0, 2, 2:] = 255
     truth = majority_labels(mask, (2, 2), num_classes=8)
     assert truth.tolist() == [[[3, 8], [8, 8]]]
     mask[0, 3, 3] = 255

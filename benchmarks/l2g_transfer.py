@@ -105,8 +105,7 @@ def score_run(run_dir: Path, images: int, saliency_dir: str | None) -> dict:
         global_cams = align_global_map(normalised_cams(class_maps, labels), boxes, size, output_stride)
         scores = {"global_cam": global_cams}
         if is_l2g:
-            local_map = model.local_net(model.normalization.to(model.local_net.backbone.normalization,
-                                                               crop_views(image, boxes)))
+            local_map = model.local_class_map(crop_views(image, boxes))
             if tuple(local_map.shape[-2:]) != size:
                 raise SystemExit(f"local map {tuple(local_map.shape[-2:])} is not the expected {size} grid")
             target = attention_targets(local_map, labels, options.local_views)

@@ -203,7 +203,12 @@ class L2GCam(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits of the local network, the one a classification loss trains, on the whole image."""
-        return class_logits(self.local_net(self.normalization.to(self.local_net.backbone.normalization, images)))
+        return class_logits(self.local_class_map(images))
+
+    def local_class_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The local network's class map of images normalized for the global backbone."""
+        # The local backbone may expect another input normalization than the global one (local_backbone).
+        return self.local_net(self.normalization.to(self.local_net.backbone.normalization, images))
 
     def training_losses(self, images: torch.Tensor, labels: torch.Tensor, saliency: torch.Tensor | None = None,
                         has_saliency: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -211,9 +216,7 @@ class L2GCam(nn.Module):
         batch, _, height, width = images.shape
         side = max(1, round(options.local_crop * min(height, width)))
         boxes = local_view_boxes(height, width, side, options.local_views, options.crop_mode, batch)
-        # The local backbone may expect another input normalization than the global one (local_backbone).
-        local_views = self.normalization.to(self.local_net.backbone.normalization, crop_views(images, boxes))
-        local_map = self.local_net(local_views)
+        local_map = self.local_class_map(crop_views(images, boxes))
         local_labels = labels.repeat_interleave(options.local_views, dim=0)
         losses = {"cls": F.multilabel_soft_margin_loss(class_logits(local_map), local_labels)}
 
